@@ -182,3 +182,20 @@ def check(
         exp_ids = reference_ids(reference, texts)
         got_ids = [row for i in range(0, len(texts), batch_size) for row in tokenize(texts[i : i + batch_size])]
     return compare(texts, exp_emb, got_emb, exp_ids, got_ids, min_id_match=min_id_match, max_abs_diff=max_abs_diff)
+
+
+def graph_functions(graph):
+    """``(embed, tokenize)`` callables over a loaded export, for :func:`check`."""
+    import tensorflow as tf
+
+    serve = graph.signatures["serving_default"]
+    tok = graph.signatures["tokenize"]
+
+    def embed(texts):
+        return serve(input_sequence=tf.constant(list(texts), tf.string))["sentence_embedding"].numpy()
+
+    def tokenize(texts):
+        out = tok(input_sequence=tf.constant(list(texts), tf.string))
+        return strip_padding(out["input_ids"].numpy(), out["attention_mask"].numpy())
+
+    return embed, tokenize
