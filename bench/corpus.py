@@ -1,0 +1,59 @@
+"""A deterministic benchmark corpus: realistic sentences of mixed lengths plus a long-text slice.
+
+No dataset can be downloaded here, so sentences are composed from a bank of real-looking clauses
+(search queries, product titles, news-like statements, support questions) with a length
+distribution close to typical retrieval traffic: mostly 5-40 words, about 10% long passages.
+"""
+from __future__ import annotations
+
+import random
+
+SUBJECTS = [
+    "The new search index", "Our support team", "A customer in Berlin", "The quarterly report",
+    "This laptop", "The embedding service", "Every request", "The city council", "My order",
+    "The research group", "A small startup", "The mobile app", "Their latest release", "The train to Lyon",
+]
+VERBS = [
+    "improves", "reduces", "explains", "compares", "summarises", "ranks", "delays", "replaces",
+    "announces", "returns", "requires", "supports", "describes", "predicts",
+]
+OBJECTS = [
+    "latency for long documents", "the cost of cloud storage", "results in twelve languages",
+    "battery life by almost 20%", "the refund policy for damaged items", "a faster checkout flow",
+    "how vector search handles typos", "new rules for electric scooters", "the price of coffee beans",
+    "a bug in the password reset page", "recommendations for similar products", "the weather next week",
+]
+TAILS = [
+    "", "according to the press release", "after the update on Monday", "in most European markets",
+    "without any extra configuration", "for users on older phones", "despite the holiday rush",
+    "as reported by several reviewers", "which surprised the analysts", "— see the FAQ for details",
+]
+QUESTIONS = [
+    "how do I reset my password", "best noise cancelling headphones under 200 euros",
+    "what is the capital of Australia", "can I return shoes after 30 days",
+    "python convert list of strings to integers", "symptoms of vitamin D deficiency",
+    "cheap flights from Paris to Tokyo in March", "why is my sourdough bread so dense",
+]
+
+
+def sentence(rng: random.Random) -> str:
+    if rng.random() < 0.3:
+        return rng.choice(QUESTIONS) + rng.choice(["?", "", " please", " 2024?"])
+    parts = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(TAILS)]
+    return " ".join(p for p in parts if p) + "."
+
+
+def passage(rng: random.Random, n_sentences: int) -> str:
+    return " ".join(sentence(rng) for _ in range(n_sentences))
+
+
+def make_corpus(n: int = 2048, long_share: float = 0.1, seed: int = 0) -> list[str]:
+    """``n`` texts: ~90% short (1-3 sentences), ~10% long passages (15-40 sentences)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < long_share:
+            out.append(passage(rng, rng.randint(15, 40)))
+        else:
+            out.append(passage(rng, rng.choice([1, 1, 1, 2, 2, 3])))
+    return out
