@@ -1,0 +1,105 @@
+"""BERT (MiniLM, bge, e5, gte ...): absolute positions, token type 0, post-LayerNorm layers.
+
+Mirrors ``transformers.models.bert.modeling_bert.BertModel`` (without the pooler): for single
+sentences ``token_type_ids`` are all zero, so ``token_type_embeddings[0]`` is added to every
+position (folded into the position table at load time).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from .layers import CheckpointReader, PostLNEncoder, check_activation, check_heads, read_layer
+
+# transformers' BertConfig defaults, used where config.json leaves a field out.
+DEFAULTS = {
+    "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+    "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512,
+    "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+}
+
+# Per-layer checkpoint names shared by BERT and RoBERTa/XLM-R.
+LAYER_NAMES = {
+    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+    "o": "attention.output.dense", "attn_ln": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "out_ln": "output.LayerNorm",
+}
+
+
+def convert_config(hf_config: dict) -> dict:
+    """Hugging Face ``config.json`` (as a dict) -> the fields this encoder needs. Pure.
+
+    Raises:
+        UnsupportedError: a ``hidden_act`` or ``position_embedding_type`` the TF port lacks.
+    """
+    return _convert(hf_config, DEFAULTS, "bert")
+
+
+def _convert(hf_config: dict, defaults: dict, model_type: str) -> dict:
+    cfg = {k: hf_config.get(k, v) if hf_config.get(k) is not None else v for k, v in defaults.items()}
+    position_type = hf_config.get("position_embedding_type", "absolute")
+    if position_type not in (None, "absolute"):
+        raise UnsupportedError(
+            f"unsupported position_embedding_type {position_type!r} for {model_type}. Supported: absolute"
+        )
+    check_activation(cfg["hidden_act"])
+    check_heads(int(cfg["hidden_size"]), int(cfg["num_attention_heads"]))
+    return {
+        "vocab_size": int(cfg["vocab_size"]),
+        "hidden_size": int(cfg["hidden_size"]),
+        "num_layers": int(cfg["num_hidden_layers"]),
+        "num_heads": int(cfg["num_attention_heads"]),
+        "intermediate_size": int(cfg["intermediate_size"]),
+        "hidden_act": cfg["hidden_act"],
+        "max_position_embeddings": int(cfg["max_position_embeddings"]),
+        "type_vocab_size": int(cfg["type_vocab_size"]),
+        "layer_norm_eps": float(cfg["layer_norm_eps"]),
+        "pad_token_id": int(cfg["pad_token_id"]),
+    }
+
+
+def read_bert_style(config: dict, weights: dict, model_type: str) -> dict:
+    """Read the embeddings and layers that BERT and RoBERTa/XLM-R checkpoints name alike.
+
+    Returns the keyword arguments of :class:`PostLNEncoder` (without ``padding_idx``), with
+    token type 0 folded into the position table.
+
+    Raises:
+        ModelError: naming every missing weight and wrong shape.
+    """
+    H, I = config["hidden_size"], config["intermediate_size"]
+    ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", model_type)
+    word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
+    pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
+    types = ckpt.get("embeddings.token_type_embeddings.weight", (config["type_vocab_size"], H))
+    ln = (ckpt.get("embeddings.LayerNorm.weight", (H,)), ckpt.get("embeddings.LayerNorm.bias", (H,)))
+    layers = [read_layer(ckpt, {f: f"encoder.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
+              for i in range(config["num_layers"])]
+    ckpt.check()
+    return {
+        "word_embeddings": word,
+        # Single sentences use token type 0 everywhere: add it once here, not per token per call.
+        "position_embeddings": pos + types[0][np.newaxis, :],
+        "embed_ln": ln,
+        "layers": layers,
+        "num_heads": config["num_heads"],
+        "activation": config["hidden_act"],
+        "layer_norm_eps": config["layer_norm_eps"],
+    }
+
+
+class Encoder(PostLNEncoder):
+    """BERT encoder as a ``tf.Module``; ``__call__(input_ids, attention_mask)`` -> ``last_hidden_state``.
+
+    Args:
+        config: the output of :func:`convert_config`.
+        weights: checkpoint name -> array (any ``bert.``/``model.`` prefix).
+        pad_token_id: unused by BERT (absolute positions); part of the shared contract.
+
+    Example:
+        >>> enc = Encoder(convert_config(hf_config), load_weights(path), pad_token_id=0)
+        >>> enc(tf.constant([[101, 2023, 102]], tf.int64), tf.ones([1, 3], tf.int64))
+    """
+
+    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0):
+        super().__init__(**read_bert_style(config, weights, "bert"), padding_idx=None, name="bert")
