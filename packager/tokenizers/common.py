@@ -1,0 +1,756 @@
+"""What every in-graph tokenizer shares: UTF-8 decoding, added-token splitting, post-processing.
+
+A Hugging Face fast tokenizer runs, per sentence::
+
+    raw text ──split on non-normalized added tokens──▶ pieces
+    each text piece ──normalizer──▶ ──split on normalized added tokens──▶ ──pre-tokenizer + model──▶ ids
+    all ids ──truncate──▶ ──post-processor (specials)──▶ ──pad──▶ input_ids, attention_mask
+
+:class:`InGraphTokenizer` implements that skeleton once, vectorised over the flat ragged values of
+the whole batch (no per-sentence Python and no per-sentence graph loop). A concrete tokenizer
+subclasses it and supplies two graph functions over *pieces* (a ``tf.RaggedTensor`` of int32
+Unicode code points, one row per text piece)::
+
+    normalize_pieces(pieces) -> pieces          # the HF normalizer (default: identity)
+    encode_pieces(pieces, is_first) -> ids      # HF pre-tokenizer + model: RaggedTensor int64 [P, (n)]
+
+Everything else (added tokens with their ``lstrip``/``rstrip``/``single_word``/``normalized`` flags,
+truncation keeping the end token, the post-processor's special tokens, dynamic padding) is here.
+
+Invalid UTF-8: strings arrive as raw bytes (a server gets whatever the client sends). They are
+decoded like Python's ``bytes.decode("utf-8", errors="replace")``: every maximal invalid
+subsequence becomes one U+FFFD (TF's ``unicode_decode(errors="replace")`` follows the same
+WHATWG/Unicode "maximal subpart" rule; the tests check it). The ids are then exactly those of the
+HF tokenizer on that decoded Python string. NUL bytes are ordinary characters. Nothing crashes.
+
+Helpers for per-code-point behaviour (built at export time by probing the HF tokenizer itself,
+because TF's Unicode tables are newer than the ones inside ``tokenizers``):
+
+* :func:`all_codepoints` – every Unicode scalar value (surrogates skipped), for probing.
+* :class:`RangeTable` – a dense per-code-point int array compressed into ranges; in-graph lookup
+  with one ``tf.searchsorted`` + one ``tf.gather``.
+* :class:`CodepointMap` – code point -> replacement sequence of code points (e.g. lower-casing,
+  NFD), applied to ragged code points in-graph.
+* :func:`decode_utf8` / :func:`encode_utf8` – tf.string <-> ragged code points.
+
+Example (a subclass)::
+
+    class MyTokenizer(InGraphTokenizer):
+        def __init__(self, hf_tokenizer, max_seq_length):
+            super().__init__(hf_tokenizer, max_seq_length, name="my_tokenizer")
+            ...  # build tables from hf_tokenizer
+
+        def encode_pieces(self, pieces, is_first):
+            ...  # return tf.RaggedTensor int64 [P, (n)]
+
+    tok = MyTokenizer(hf_tok, 128)
+    input_ids, attention_mask = tok.tokenize(tf.constant(["hello world"]))
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import UnsupportedError
+
+MAX_CODEPOINT = 0x10FFFF
+N_CODEPOINTS = MAX_CODEPOINT + 1
+REPLACEMENT_CHAR = 0xFFFD
+SURROGATES = range(0xD800, 0xE000)
+
+# Rust `regex` `\s` (Unicode White_Space), which HF uses for added tokens' lstrip/rstrip.
+# Stable since Unicode 6.3 (U+180E left it); the tests re-derive it from `tokenizers` itself.
+WHITE_SPACE = (
+    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680]
+    + list(range(0x2000, 0x200B))
+    + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+)
+
+
+# ------------------------------------------------------------------------------------ strings
+def decode_utf8(strings: tf.Tensor) -> tf.RaggedTensor:
+    """``tf.string [B]`` -> int32 code points ``[B, (chars)]``; invalid UTF-8 -> U+FFFD.
+
+    Same result as Python's ``b.decode("utf-8", "replace")`` (one U+FFFD per maximal invalid
+    subsequence). NUL is kept as code point 0.
+    """
+    return tf.strings.unicode_decode(
+        strings, "UTF-8", errors="replace", replacement_char=REPLACEMENT_CHAR, replace_control_characters=False
+    )
+
+
+def encode_utf8(codepoints: tf.RaggedTensor) -> tf.Tensor:
+    """int32 code points ``[N, (chars)]`` -> ``tf.string [N]`` (UTF-8)."""
+    return tf.strings.unicode_encode(codepoints, "UTF-8")
+
+
+def all_codepoints() -> np.ndarray:
+    """Every Unicode scalar value 0..0x10FFFF except the surrogates, as an int array (for probing)."""
+    cps = np.arange(N_CODEPOINTS, dtype=np.int64)
+    return cps[(cps < 0xD800) | (cps >= 0xE000)]
+
+
+# ------------------------------------------------------------------------------- code point tables
+class RangeTable(tf.Module):
+    """A per-code-point integer class, stored as sorted range starts (compact, exact).
+
+    Args:
+        values: int array of length 0x110000 (one class per code point; surrogates may hold anything).
+
+    ``lookup(cps)`` maps any int32 tensor of code points (values outside 0..0x10FFFF are clamped)
+    to the class, with one ``tf.searchsorted`` and one ``tf.gather``. Thousands of ranges cost
+    nothing noticeable; a per-code-point dense table would be 4 MB of constants.
+    """
+
+    def __init__(self, values: np.ndarray, name: str | None = None):
+        super().__init__(name=name)
+        values = np.asarray(values, dtype=np.int32)
+        if values.shape != (N_CODEPOINTS,):
+            raise ValueError(f"RangeTable needs {N_CODEPOINTS} values, got {values.shape}")
+        change = np.flatnonzero(np.diff(values)) + 1
+        starts = np.concatenate([[0], change]).astype(np.int32)
+        self.n_ranges = int(starts.size)
+        self._starts_np = starts
+        self._classes_np = values[starts].astype(np.int32)
+        self._constant_class = int(values[0]) if starts.size == 1 else None
+
+    def lookup(self, codepoints: tf.Tensor) -> tf.Tensor:
+        """Class of each code point (any shape, int32) -> int32 of the same shape."""
+        codepoints = tf.convert_to_tensor(codepoints, tf.int32)
+        if self._constant_class is not None:
+            return tf.fill(tf.shape(codepoints), tf.constant(self._constant_class, tf.int32))
+        flat = tf.reshape(codepoints, [-1])
+        idx = tf.searchsorted(tf.constant(self._starts_np), flat, side="right", out_type=tf.int32) - 1
+        out = tf.gather(tf.constant(self._classes_np), tf.maximum(idx, 0))
+        return tf.reshape(out, tf.shape(codepoints))
+
+    def as_array(self) -> np.ndarray:
+        """The dense table back (for tests)."""
+        out = np.empty(N_CODEPOINTS, dtype=np.int32)
+        bounds = list(self._starts_np) + [N_CODEPOINTS]
+        for s, e, c in zip(bounds[:-1], bounds[1:], self._classes_np):
+            out[s:e] = c
+        return out
+
+
+class CodepointMap(tf.Module):
+    """Code point -> sequence of code points (possibly empty), for the few that change.
+
+    Args:
+        mapping: ``{code point: [code points]}``; code points not in it map to themselves.
+
+    ``apply(cps)`` rewrites a ragged batch of code points (any ragged rank, int32). It is one hash
+    lookup per code point plus a ragged gather, so the cost is linear in the text.
+    """
+
+    def __init__(self, mapping: Mapping[int, Sequence[int]], name: str | None = None):
+        super().__init__(name=name)
+        keys = np.array(sorted(mapping), dtype=np.int64)
+        self.size = int(keys.size)
+        if self.size:
+            lens = np.array([len(mapping[k]) for k in keys], dtype=np.int64)
+            vals = np.array([c for k in keys for c in mapping[k]], dtype=np.int32)
+            self._splits_np = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            self._values_np = vals
+            self._lens_np = lens
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(
+                    tf.constant(keys, tf.int64), tf.range(self.size, dtype=tf.int64)
+                ),
+                default_value=-1,
+            )
+
+    def apply_flat(self, values: tf.Tensor) -> tf.RaggedTensor:
+        """int32 code points ``[N]`` -> ragged ``[N, (k)]``: each code point's replacement."""
+        values = tf.convert_to_tensor(values, tf.int32)
+        if not self.size:
+            return tf.RaggedTensor.from_uniform_row_length(values, 1)
+        slot = self.table.lookup(tf.cast(values, tf.int64))
+        mapped = slot >= 0
+        safe = tf.maximum(slot, 0)
+        lens = tf.where(mapped, tf.gather(tf.constant(self._lens_np), safe), tf.ones_like(slot))
+        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        total = out_splits[-1]
+        out_rowids = tf.repeat(tf.range(tf.size(values, out_type=tf.int64)), lens)
+        within = tf.range(total) - tf.gather(out_splits, out_rowids)
+        src_slot = tf.gather(safe, out_rowids)
+        from_table = tf.gather(
+            tf.constant(self._values_np),
+            tf.minimum(tf.gather(tf.constant(self._splits_np), src_slot) + within, max(self._values_np.size - 1, 0)),
+        ) if self._values_np.size else tf.zeros([total], tf.int32)
+        out_values = tf.where(tf.gather(mapped, out_rowids), from_table, tf.gather(values, out_rowids))
+        return tf.RaggedTensor.from_row_splits(out_values, out_splits, validate=False)
+
+    def apply(self, codepoints: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Ragged ``[..., (chars)]`` -> ragged ``[..., (chars')]`` with every code point replaced."""
+        per_cp = self.apply_flat(codepoints.flat_values)
+        merged = per_cp.values
+        # new innermost row splits: the old ones, counted in replacement characters
+        inner = codepoints.nested_row_splits[-1]
+        new_inner = tf.gather(per_cp.row_splits, inner)
+        rebuilt = tf.RaggedTensor.from_row_splits(merged, new_inner, validate=False)
+        for splits in reversed(codepoints.nested_row_splits[:-1]):
+            rebuilt = tf.RaggedTensor.from_row_splits(rebuilt, splits, validate=False)
+        return rebuilt
+
+
+# ------------------------------------------------------------------------------------ tokenizer.json
+def tokenizer_json(hf_tokenizer) -> dict:
+    """The backend ``tokenizers`` JSON of a transformers fast tokenizer (or a ``tokenizers.Tokenizer``)."""
+    backend = getattr(hf_tokenizer, "backend_tokenizer", hf_tokenizer)
+    return json.loads(backend.to_str())
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    """One HF added token (special or not), as the backend stores it."""
+
+    content: str
+    id: int
+    single_word: bool = False
+    lstrip: bool = False
+    rstrip: bool = False
+    normalized: bool = True
+    special: bool = False
+
+
+def added_tokens(tokenizer_json_: dict) -> list[AddedToken]:
+    """The added tokens of a tokenizer.json dict, in file order (empty contents dropped)."""
+    out = []
+    for t in tokenizer_json_.get("added_tokens") or []:
+        if not t.get("content"):
+            continue
+        out.append(
+            AddedToken(
+                content=t["content"], id=int(t["id"]), single_word=bool(t.get("single_word", False)),
+                lstrip=bool(t.get("lstrip", False)), rstrip=bool(t.get("rstrip", False)),
+                normalized=bool(t.get("normalized", not t.get("special", False))),
+                special=bool(t.get("special", False)),
+            )
+        )
+    return out
+
+
+class Pieces(NamedTuple):
+    """Sentences split into text pieces and added-token pieces (graph tensors).
+
+    Attributes:
+        codepoints: int32 ``[P, (chars)]``, one row per piece, in sentence order.
+        token_id: int64 ``[P]``: the added token's id, or -1 for a text piece.
+        row_splits: int64 ``[R + 1]``: pieces of input row r are ``row_splits[r]:row_splits[r+1]``.
+        is_first: bool ``[P]``: the piece starts at character 0 of its input row.
+    """
+
+    codepoints: tf.RaggedTensor
+    token_id: tf.Tensor
+    row_splits: tf.Tensor
+    is_first: tf.Tensor
+
+
+class AddedTokenMatcher(tf.Module):
+    """Finds added tokens in ragged code points exactly as HF ``AddedVocabulary.find_matches`` does.
+
+    HF semantics reproduced:
+      * Aho-Corasick leftmost-longest, non-overlapping: scanning left to right, the earliest
+        starting match wins, the longest at that position; the scan resumes after it.
+      * ``single_word``: a match is dropped (without un-consuming it) when the character before
+        it or after it is a word character (Rust regex ``\\w``).
+      * ``lstrip``: the match swallows the whitespace (Rust ``\\s``) just before it, but never
+        text already taken by the previous match; ``rstrip``: it swallows whitespace after it.
+      * Empty text pieces are dropped; an added-token piece yields exactly its id.
+
+    Args:
+        tokens: the added tokens to match (all raw or all normalized ones).
+        patterns: the string to look for per token (the normalized content for normalized ones).
+        word_table: a :class:`RangeTable` of 0/1 "is \\w", required only if a token is single_word.
+    """
+
+    def __init__(self, tokens: Sequence[AddedToken], patterns: Sequence[str] | None = None,
+                 word_table: RangeTable | None = None, name: str | None = None):
+        super().__init__(name=name)
+        patterns = list(patterns) if patterns is not None else [t.content for t in tokens]
+        pairs = [(p, t) for p, t in zip(patterns, tokens) if p]
+        # identical patterns: Aho-Corasick reports the first one given
+        seen, uniq = set(), []
+        for p, t in pairs:
+            if p not in seen:
+                seen.add(p)
+                uniq.append((p, t))
+        self.n_patterns = len(uniq)
+        if not self.n_patterns:
+            return
+        cps = [[ord(c) for c in p] for p, _ in uniq]
+        self.max_len = max(len(c) for c in cps)
+        pat = np.full((self.n_patterns, self.max_len), -2, dtype=np.int32)
+        for i, c in enumerate(cps):
+            pat[i, : len(c)] = c
+        self._pat = pat
+        self._plen = np.array([len(c) for c in cps], dtype=np.int32)
+        self._ids = np.array([t.id for _, t in uniq], dtype=np.int64)
+        self._lstrip = np.array([t.lstrip for _, t in uniq], dtype=bool)
+        self._rstrip = np.array([t.rstrip for _, t in uniq], dtype=bool)
+        self._single = np.array([t.single_word for _, t in uniq], dtype=bool)
+        self._firsts = np.unique(pat[:, 0]).astype(np.int32)
+        self.any_strip = bool(self._lstrip.any() or self._rstrip.any())
+        self.any_single = bool(self._single.any())
+        if self.any_single and word_table is None:
+            raise ValueError("a single_word added token needs a word_table")
+        self.word_table = word_table if self.any_single else None
+        if self.any_strip:
+            ws = np.zeros(N_CODEPOINTS, dtype=np.int32)
+            ws[WHITE_SPACE] = 1
+            self.space_table = RangeTable(ws, name="white_space")
+
+    # -- graph ---------------------------------------------------------------------------------
+    def split(self, rows: tf.RaggedTensor) -> Pieces:
+        """Split each row (int32 code points ``[R, (chars)]``) into text and added-token pieces."""
+        rows = rows.with_row_splits_dtype(tf.int64)
+        v = rows.flat_values
+        splits = rows.row_splits
+        nrows = rows.nrows()
+        if not self.n_patterns:
+            return _whole_rows_as_pieces(rows)
+        n = tf.size(v, out_type=tf.int64)
+        rid = rows.value_rowids()
+        row_end_of = tf.gather(splits[1:], rid)  # [N]
+
+        # candidate starts: first code point of some pattern
+        firsts = tf.constant(self._firsts)
+        pos = tf.searchsorted(firsts, v, side="left", out_type=tf.int32)
+        is_first_char = tf.gather(firsts, tf.minimum(pos, len(self._firsts) - 1)) == v
+        cand = tf.where(is_first_char)[:, 0]  # int64 [C]
+        # windows of max_len code points from each candidate, -1 past the row end
+        k = tf.range(self.max_len, dtype=tf.int64)
+        idx = cand[:, None] + k[None, :]
+        inside = idx < tf.gather(row_end_of, cand)[:, None]
+        window = tf.where(inside, tf.gather(v, tf.minimum(idx, tf.maximum(n - 1, 0))), -1)  # [C, L]
+        pat = tf.constant(self._pat)
+        plen = tf.constant(self._plen)
+        beyond = tf.range(self.max_len)[None, :] >= plen[:, None]  # [P, L]
+        ok = tf.reduce_all((window[:, None, :] == pat[None, :, :]) | beyond[None, :, :], axis=-1)  # [C, P]
+        cand_len = tf.where(ok, plen[None, :], 0)
+        best_len = tf.reduce_max(cand_len, axis=1)
+        best_pat = tf.argmax(cand_len, axis=1, output_type=tf.int32)
+        hit = best_len > 0
+        m_start = tf.boolean_mask(cand, hit)
+        m_stop = m_start + tf.cast(tf.boolean_mask(best_len, hit), tf.int64)
+        m_pat = tf.boolean_mask(best_pat, hit)
+
+        # leftmost-longest non-overlapping: rows never overlap (matches stay inside their row),
+        # and without an overlap between neighbours there is none at all.
+        overlapping = tf.reduce_any(m_start[1:] < m_stop[:-1])
+        keep = tf.cond(overlapping, lambda: _greedy_non_overlapping(m_start, m_stop),
+                       lambda: tf.ones_like(m_start, tf.bool))
+        m_start, m_stop, m_pat = (tf.boolean_mask(x, keep) for x in (m_start, m_stop, m_pat))
+
+        if self.any_single:
+            is_word = self.word_table.lookup(v) > 0
+            m_row = tf.gather(rid, m_start)
+            row_start = tf.gather(splits, m_row)
+            row_end = tf.gather(splits, m_row + 1)
+            prev_word = (m_start > row_start) & tf.gather(is_word, tf.maximum(m_start - 1, 0))
+            next_word = (m_stop < row_end) & tf.gather(is_word, tf.minimum(m_stop, tf.maximum(n - 1, 0)))
+            single = tf.gather(tf.constant(self._single), m_pat)
+            keep = ~single | (~prev_word & ~next_word)
+            m_start, m_stop, m_pat = (tf.boolean_mask(x, keep) for x in (m_start, m_stop, m_pat))
+
+        m_row = tf.gather(rid, m_start)
+        if self.any_strip:
+            row_start = tf.gather(splits, m_row)
+            row_end = tf.gather(splits, m_row + 1)
+            non_ws = self.space_table.lookup(v) == 0
+            nonws_pos = tf.where(non_ws)[:, 0]
+            n_total = tf.size(nonws_pos, out_type=tf.int64)
+            nonws_pos = tf.concat([nonws_pos, tf.reshape(n, [1])], 0)  # sentinel: gathers stay in bounds
+            n_nonws_before = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(tf.cast(non_ws, tf.int64))], 0)  # [N+1]
+            # rstrip: stop moves to the first non-space at or after it (inside the row)
+            kk = tf.gather(n_nonws_before, m_stop)
+            next_nonws = tf.where(kk < n_total, tf.gather(nonws_pos, kk), n)
+            rstrip = tf.gather(tf.constant(self._rstrip), m_pat)
+            m_stop = tf.where(rstrip, tf.minimum(next_nonws, row_end), m_stop)
+            # lstrip: start moves back over spaces, but not into the previous match of its row
+            kb = tf.gather(n_nonws_before, m_start)
+            last_nonws = tf.where(kb > 0, tf.gather(nonws_pos, tf.maximum(kb - 1, 0)), -1)
+            new_start = tf.maximum(last_nonws + 1, row_start)
+            same_row_prev = tf.concat([[False], m_row[1:] == m_row[:-1]], 0)
+            prev_stop = tf.concat([tf.zeros([1], tf.int64), m_stop[:-1]], 0)
+            floor = tf.where(same_row_prev, prev_stop, row_start)
+            lstrip = tf.gather(tf.constant(self._lstrip), m_pat)
+            m_start = tf.where(lstrip, tf.maximum(new_start, floor), m_start)
+
+        # boundaries per row: row start, (start, stop) per match, row end
+        n_m = tf.math.bincount(tf.cast(m_row, tf.int32), minlength=tf.cast(nrows, tf.int32),
+                               maxlength=tf.cast(nrows, tf.int32), dtype=tf.int64)
+        pts_per_row = 2 * n_m + 2
+        pts_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(pts_per_row)], 0)
+        n_pts = pts_splits[-1]
+        pts_rid = tf.repeat(tf.range(nrows), pts_per_row)
+        within = tf.range(n_pts) - tf.gather(pts_splits, pts_rid)
+        last_in_row = within == tf.gather(pts_per_row, pts_rid) - 1
+        # match boundary j (1-based inside the row) -> flat match index
+        m_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(n_m)], 0)
+        m_flat = tf.gather(m_splits, pts_rid) + tf.maximum(within - 1, 0) // 2
+        # pad with one dummy match so gathers stay in bounds when a batch has no match at all
+        m_start_p = tf.concat([m_start, tf.zeros([1], tf.int64)], 0)
+        m_stop_p = tf.concat([m_stop, tf.zeros([1], tf.int64)], 0)
+        m_pat_p = tf.concat([m_pat, tf.zeros([1], tf.int32)], 0)
+        m_flat = tf.minimum(m_flat, tf.size(m_start, out_type=tf.int64))
+        bound_of_match = tf.where((within - 1) % 2 == 0, tf.gather(m_start_p, m_flat), tf.gather(m_stop_p, m_flat))
+        pts = tf.where(
+            within == 0,
+            tf.gather(splits, pts_rid),
+            tf.where(last_in_row, tf.gather(splits, pts_rid + 1), bound_of_match),
+        )
+        # intervals between consecutive points of a row
+        not_last = ~last_in_row
+        lo = tf.boolean_mask(pts, not_last)
+        hi = tf.boolean_mask(tf.concat([pts[1:], tf.zeros([1], tf.int64)], 0), not_last)
+        iv_within = tf.boolean_mask(within, not_last)
+        iv_row = tf.boolean_mask(pts_rid, not_last)
+        is_added = iv_within % 2 == 1
+        iv_match = tf.boolean_mask(m_flat, not_last)
+        keep = is_added | (hi > lo)
+        lo, hi, iv_row, is_added, iv_match = (tf.boolean_mask(x, keep) for x in (lo, hi, iv_row, is_added, iv_match))
+        token_id = tf.where(is_added, tf.gather(tf.constant(self._ids), tf.gather(m_pat_p, iv_match)),
+                            tf.constant(-1, tf.int64))
+        return _pieces_from_intervals(v, splits, nrows, lo, hi, iv_row, token_id)
+
+
+def _whole_rows_as_pieces(rows: tf.RaggedTensor) -> Pieces:
+    """No added tokens: every non-empty row is one text piece."""
+    lens = rows.row_lengths()
+    keep = lens > 0
+    pieces = tf.ragged.boolean_mask(rows, keep)
+    per_row = tf.cast(keep, tf.int64)
+    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(per_row)], 0)
+    p = pieces.nrows()
+    return Pieces(pieces, tf.fill([p], tf.constant(-1, tf.int64)), row_splits, tf.ones([p], tf.bool))
+
+
+def _pieces_from_intervals(v, splits, nrows, lo, hi, row, token_id) -> Pieces:
+    lens = hi - lo
+    p_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+    p_rid = tf.repeat(tf.range(tf.size(lo, out_type=tf.int64)), lens)
+    src = tf.gather(lo, p_rid) + tf.range(p_splits[-1]) - tf.gather(p_splits, p_rid)
+    cps = tf.RaggedTensor.from_row_splits(tf.gather(v, src), p_splits, validate=False)
+    per_row = tf.math.bincount(tf.cast(row, tf.int32), minlength=tf.cast(nrows, tf.int32),
+                               maxlength=tf.cast(nrows, tf.int32), dtype=tf.int64)
+    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(per_row)], 0)
+    is_first = lo == tf.gather(splits, row)
+    return Pieces(cps, token_id, row_splits, is_first)
+
+
+def _greedy_non_overlapping(start: tf.Tensor, stop: tf.Tensor) -> tf.Tensor:
+    """Keep-mask of the leftmost-first non-overlapping subset of matches sorted by start (rare path)."""
+    m = tf.size(start)
+
+    def body(i, last_stop, keep):
+        take = start[i] >= last_stop
+        keep = keep.write(i, take)
+        return i + 1, tf.where(take, stop[i], last_stop), keep
+
+    _, _, keep = tf.while_loop(
+        lambda i, *_: i < m, body,
+        (tf.constant(0), tf.constant(-1, tf.int64), tf.TensorArray(tf.bool, size=m)),
+    )
+    return tf.reshape(keep.stack(), [-1])
+
+
+def _split_normalized(pieces_in: Pieces, normalized: tf.RaggedTensor, matcher: AddedTokenMatcher) -> Pieces:
+    """Second HF pass: split the normalized text pieces on the normalized added tokens.
+
+    Returns pieces relative to the ORIGINAL rows (added pieces from the first pass kept in place).
+    """
+    is_text = pieces_in.token_id < 0
+    sub = matcher.split(normalized)  # rows = text pieces
+    n_sub = tf.concat([sub.row_splits[1:] - sub.row_splits[:-1], tf.zeros([1], tf.int64)], 0)
+    text_idx = tf.cumsum(tf.cast(is_text, tf.int64)) - 1
+    count = tf.where(is_text, tf.gather(n_sub, tf.maximum(text_idx, 0)), 1)
+    out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(count)], 0)
+    # positions of the sub-pieces and of the first-pass added pieces in the output order
+    text_pos_piece = tf.boolean_mask(tf.range(tf.size(is_text, out_type=tf.int64)), is_text)
+    sub_parent = tf.gather(text_pos_piece, sub_rowids(sub))
+    sub_pos = tf.gather(out_splits, sub_parent) + tf.range(tf.size(sub.token_id, out_type=tf.int64)) - tf.gather(
+        sub.row_splits, sub_rowids(sub))
+    add_pos = tf.boolean_mask(out_splits[:-1], ~is_text)
+    added_rows = tf.ragged.boolean_mask(pieces_in.codepoints, ~is_text)
+    total = out_splits[-1]
+    order_src = tf.dynamic_stitch(
+        [tf.cast(sub_pos, tf.int32), tf.cast(add_pos, tf.int32)],
+        [tf.range(tf.size(sub_pos, out_type=tf.int64)),
+         tf.size(sub_pos, out_type=tf.int64) + tf.range(tf.size(add_pos, out_type=tf.int64))],
+    )
+    all_cps = tf.concat([sub.codepoints, added_rows], axis=0)
+    all_ids = tf.concat([sub.token_id, tf.boolean_mask(pieces_in.token_id, ~is_text)], 0)
+    all_first = tf.concat([sub.is_first & tf.gather(tf.boolean_mask(pieces_in.is_first, is_text), sub_rowids(sub)),
+                           tf.boolean_mask(pieces_in.is_first, ~is_text)], 0)
+    order_src = tf.reshape(order_src, [total])
+    cps = tf.gather(all_cps, order_src)
+    # pieces per original row
+    piece_row = tf.repeat(tf.range(tf.size(pieces_in.row_splits, out_type=tf.int64) - 1),
+                          pieces_in.row_splits[1:] - pieces_in.row_splits[:-1])
+    out_rows_count = tf.math.unsorted_segment_sum(count, piece_row, tf.size(pieces_in.row_splits) - 1)
+    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(out_rows_count)], 0)
+    return Pieces(cps, tf.gather(all_ids, order_src), row_splits, tf.gather(all_first, order_src))
+
+
+def sub_rowids(p: Pieces) -> tf.Tensor:
+    return tf.repeat(tf.range(tf.size(p.row_splits, out_type=tf.int64) - 1), p.row_splits[1:] - p.row_splits[:-1])
+
+
+# ------------------------------------------------------------------------------------ post-processing
+@dataclass(frozen=True)
+class PostProcessor:
+    """Special tokens the HF post-processor puts around a single sentence.
+
+    Attributes:
+        prefix: ids before the content (e.g. ``[CLS]``).
+        suffix: ids after the content (e.g. ``[SEP]``).
+    """
+
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.suffix)
+
+    @classmethod
+    def from_tokenizer_json(cls, tj: dict) -> "PostProcessor":
+        """Read ``post_processor``: TemplateProcessing, BertProcessing, RobertaProcessing, Sequence or none.
+
+        Raises:
+            UnsupportedError: any other post-processor, or a template that is not
+                ``specials* $A specials*``.
+        """
+        return cls._from(tj.get("post_processor"))
+
+    @classmethod
+    def _from(cls, pp: dict | None) -> "PostProcessor":
+        if not pp:
+            return cls()
+        kind = pp.get("type")
+        if kind in ("BertProcessing", "RobertaProcessing"):
+            return cls((int(pp["cls"][1]),), (int(pp["sep"][1]),))
+        if kind == "ByteLevel":  # offsets only
+            return cls()
+        if kind == "Sequence":
+            found = [cls._from(p) for p in pp.get("processors", [])]
+            found = [f for f in found if f.n_special]
+            if len(found) > 1:
+                raise UnsupportedError("post_processor Sequence with more than one special-token processor")
+            return found[0] if found else cls()
+        if kind == "TemplateProcessing":
+            specials = pp.get("special_tokens", {})
+            prefix, suffix, seen_a = [], [], False
+            for item in pp.get("single", []):
+                if "Sequence" in item:
+                    if item["Sequence"].get("id", "A") != "A" or seen_a:
+                        raise UnsupportedError(f"unsupported TemplateProcessing single template {pp.get('single')}")
+                    seen_a = True
+                elif "SpecialToken" in item:
+                    name = item["SpecialToken"]["id"]
+                    if name not in specials:
+                        raise UnsupportedError(f"TemplateProcessing special token {name!r} has no ids")
+                    (suffix if seen_a else prefix).extend(int(i) for i in specials[name]["ids"])
+                else:
+                    raise UnsupportedError(f"unsupported TemplateProcessing item {item}")
+            if not seen_a:
+                raise UnsupportedError("TemplateProcessing single template has no $A sequence")
+            return cls(tuple(prefix), tuple(suffix))
+        raise UnsupportedError(
+            f"unsupported tokenizer post_processor {kind!r}. Supported: TemplateProcessing, BertProcessing, "
+            "RobertaProcessing, ByteLevel, Sequence of those"
+        )
+
+
+def finalize(ids: tf.RaggedTensor, post: PostProcessor, max_seq_length: int, pad_id: int,
+             truncation_side: str = "right", padding_side: str = "right") -> tuple[tf.Tensor, tf.Tensor]:
+    """Truncate, add specials, pad to the longest row: ragged ids ``[B, (n)]`` -> two int64 ``[B, T]``.
+
+    Truncation keeps ``max_seq_length - n_special`` content ids (from the start for
+    ``truncation_side="right"``, the end for ``"left"``), then the prefix and suffix specials are
+    added, as HF ``truncation="longest_first"`` does for a single sentence. One gather builds the
+    padded matrix (no ragged concat / to_tensor round trips).
+    """
+    ids = ids.with_row_splits_dtype(tf.int64)
+    values = tf.cast(ids.flat_values, tf.int64)
+    splits = ids.row_splits
+    lens = splits[1:] - splits[:-1]
+    budget = max(int(max_seq_length) - post.n_special, 0)
+    kept = tf.minimum(lens, budget)
+    n_pre, n_suf = len(post.prefix), len(post.suffix)
+    out_len = kept + n_pre + n_suf
+    b = tf.size(lens, out_type=tf.int64)
+    t = tf.cast(tf.reduce_max(tf.concat([out_len, tf.zeros([1], tf.int64)], 0)), tf.int64)
+    j = tf.range(t)[None, :]  # [1, T]
+    first = splits[:-1] + (lens - kept if truncation_side == "left" else 0)
+    n_values = tf.size(values, out_type=tf.int64)
+    # one table: content values, then prefix, then suffix, then pad
+    table = tf.concat([values, tf.constant(list(post.prefix) + list(post.suffix) + [pad_id], tf.int64)], 0)
+    kept_ = kept[:, None]
+    in_pre = j < n_pre
+    in_content = (j >= n_pre) & (j < n_pre + kept_)
+    in_suf = (j >= n_pre + kept_) & (j < n_pre + kept_ + n_suf)
+    src = tf.where(
+        in_pre, n_values + j,
+        tf.where(in_content, first[:, None] + j - n_pre,
+                 tf.where(in_suf, n_values + n_pre + (j - n_pre - kept_), n_values + n_pre + n_suf)),
+    )
+    input_ids = tf.gather(table, src)
+    mask = tf.cast(j < out_len[:, None], tf.int64)
+    if padding_side == "left":
+        input_ids = tf.reverse_sequence(input_ids, out_len, seq_axis=1, batch_axis=0)
+        input_ids = tf.reverse(input_ids, [1])
+        mask = tf.reverse(mask, [1])
+    input_ids = tf.reshape(input_ids, [b, t])
+    mask = tf.reshape(mask, [b, t])
+    return input_ids, mask
+
+
+# ------------------------------------------------------------------------------------ the skeleton
+class InGraphTokenizer(tf.Module):
+    """Base class: an HF fast tokenizer reproduced in-graph. Subclasses supply the pieces functions.
+
+    Args:
+        hf_tokenizer: the transformers fast tokenizer (configured as sentence-transformers uses it).
+        max_seq_length: truncation length, special tokens included.
+
+    Attributes:
+        pad_id, vocab_size, max_seq_length, post (:class:`PostProcessor`), added (list of
+        :class:`AddedToken`).
+    """
+
+    def __init__(self, hf_tokenizer, max_seq_length: int, name: str | None = None):
+        super().__init__(name=name)
+        tj = tokenizer_json(hf_tokenizer)
+        self.tokenizer_json = tj
+        self.max_seq_length = int(max_seq_length)
+        self.post = PostProcessor.from_tokenizer_json(tj)
+        if self.max_seq_length < self.post.n_special:
+            raise UnsupportedError(
+                f"max_seq_length {self.max_seq_length} is smaller than the {self.post.n_special} special tokens")
+        pad = getattr(hf_tokenizer, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+        self.vocab_size = int(len(hf_tokenizer)) if hasattr(hf_tokenizer, "__len__") else int(
+            hf_tokenizer.get_vocab_size())
+        self.truncation_side = getattr(hf_tokenizer, "truncation_side", "right") or "right"
+        self.padding_side = getattr(hf_tokenizer, "padding_side", "right") or "right"
+        self.added = added_tokens(tj)
+        raw = [t for t in self.added if not t.normalized]
+        norm = [t for t in self.added if t.normalized]
+        backend = getattr(hf_tokenizer, "backend_tokenizer", hf_tokenizer)
+        norm_patterns = [backend.normalizer.normalize_str(t.content) if backend.normalizer else t.content
+                         for t in norm]
+        word_table = None
+        if any(t.single_word for t in self.added):
+            word_table = RangeTable(probe_word_chars(), name="word_chars")
+        self.raw_matcher = AddedTokenMatcher(raw, word_table=word_table, name="raw_added_tokens")
+        self.norm_matcher = AddedTokenMatcher(norm, norm_patterns, word_table=word_table,
+                                              name="normalized_added_tokens")
+
+    # -- to override -----------------------------------------------------------------------------
+    def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
+        """HF normalizer on text pieces: int32 ``[P, (chars)]`` -> ``[P, (chars')]``. Default: identity."""
+        return pieces
+
+    def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+        """Pre-tokenizer + model on normalized text pieces -> int64 ids ``[P, (n)]``."""
+        raise NotImplementedError
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def content_ids(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        """Token ids before truncation and specials: int64 ``[B, (n)]``."""
+        strings = tf.reshape(tf.convert_to_tensor(strings, tf.string), [-1])
+        cps = decode_utf8(strings)
+        pieces = self.raw_matcher.split(cps)
+        is_text = pieces.token_id < 0
+        text = tf.ragged.boolean_mask(pieces.codepoints, is_text)
+        normalized = self.normalize_pieces(text)
+        if self.norm_matcher.n_patterns:
+            # put the normalized text back in place, then split it on the normalized added tokens
+            pieces = _split_normalized(pieces, normalized, self.norm_matcher)
+            is_text = pieces.token_id < 0
+            normalized = tf.ragged.boolean_mask(pieces.codepoints, is_text)
+        text_ids = self.encode_pieces(normalized, tf.boolean_mask(pieces.is_first, is_text))
+        text_ids = tf.cast(text_ids, tf.int64).with_row_splits_dtype(tf.int64)
+        per_piece = _merge_piece_ids(is_text, text_ids, pieces.token_id)
+        per_row = tf.RaggedTensor.from_row_splits(per_piece, pieces.row_splits, validate=False)
+        return per_row.merge_dims(1, 2)
+
+    def tokenize(self, strings: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``tf.string [B]`` -> ``(input_ids, attention_mask)``, int64 ``[B, T]``, T = longest row."""
+        ids = self.content_ids(strings)
+        return finalize(ids, self.post, self.max_seq_length, self.pad_id, self.truncation_side, self.padding_side)
+
+
+def _merge_piece_ids(is_text: tf.Tensor, text_ids: tf.RaggedTensor, added_ids: tf.Tensor) -> tf.RaggedTensor:
+    """Interleave text-piece ids ``[T, (n)]`` and one id per added piece into ``[P, (n)]``."""
+    text_idx = tf.cumsum(tf.cast(is_text, tf.int64)) - 1
+    text_lens = tf.concat([text_ids.row_lengths(), tf.zeros([1], tf.int64)], 0)  # padded: gathers in bounds
+    lens = tf.where(is_text, tf.gather(text_lens, tf.maximum(text_idx, 0)), 1)
+    out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+    text_piece_pos = tf.boolean_mask(tf.range(tf.size(is_text, out_type=tf.int64)), is_text)
+    tv_rows = text_ids.value_rowids()
+    text_pos = (tf.gather(out_splits, tf.gather(text_piece_pos, tv_rows))
+                + tf.range(tf.size(text_ids.values, out_type=tf.int64)) - tf.gather(text_ids.row_splits, tv_rows))
+    added_pos = tf.boolean_mask(out_splits[:-1], ~is_text)
+    values = tf.dynamic_stitch(
+        [tf.cast(text_pos, tf.int32), tf.cast(added_pos, tf.int32)],
+        [text_ids.values, tf.boolean_mask(added_ids, ~is_text)],
+    )
+    values = tf.reshape(values, [out_splits[-1]])
+    return tf.RaggedTensor.from_row_splits(values, out_splits, validate=False)
+
+
+# ------------------------------------------------------------------------------------ probing helpers
+def probe_word_chars() -> np.ndarray:
+    """0/1 per code point: Rust regex ``\\w`` as the installed ``tokenizers`` sees it.
+
+    Derived from ``tokenizers`` itself (a single_word added token "Z" matches in ``c + "Z"`` only
+    when ``c`` is not a word character), so it follows HF's Unicode tables, not TF's or Python's.
+    """
+    from tokenizers import AddedToken as HFAddedToken
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.add_special_tokens([HFAddedToken("\U0010FFFD", single_word=True, normalized=False)])
+    marker = tok.token_to_id("\U0010FFFD")
+    cps = all_codepoints()
+    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
+    chunk = 1 << 16
+    for i in range(0, cps.size, chunk):
+        part = cps[i: i + chunk]
+        encs = tok.encode_batch([chr(int(c)) + "\U0010FFFD" for c in part], add_special_tokens=False)
+        matched = np.array([marker in e.ids for e in encs])
+        out[part] = (~matched).astype(np.int32)
+    out[0x10FFFD] = 0
+    return out
+
+
+def probe_white_space() -> np.ndarray:
+    """0/1 per code point: Rust regex ``\\s`` as ``tokenizers``' lstrip sees it (for tests)."""
+    from tokenizers import AddedToken as HFAddedToken
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.add_special_tokens([HFAddedToken("\U0010FFFD", lstrip=True, normalized=False)])
+    cps = all_codepoints()
+    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
+    chunk = 1 << 16
+    for i in range(0, cps.size, chunk):
+        part = cps[i: i + chunk]
+        encs = tok.encode_batch([chr(int(c)) + "\U0010FFFD" for c in part], add_special_tokens=False)
+        out[part] = np.array([len(e.ids) == 1 for e in encs], dtype=np.int32)
+    return out
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
