@@ -30,7 +30,7 @@ _text = st.lists(
     ),
     max_size=8,
 ).map("".join)
-BATCHES = st.lists(_text, min_size=1, max_size=48)
+BATCHES = st.lists(_text, min_size=1, max_size=16)
 
 
 @pytest.fixture(scope="module", params=["default_model_dir", "tiny_xlmr", "tiny_mpnet", "tiny_bert_cased_dense"])
@@ -48,7 +48,7 @@ def pair(request):
     return tokenize, v.reference_model(model_dir)
 
 
-@settings(max_examples=70, deadline=None, derandomize=True,
+@settings(max_examples=1000, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(texts=BATCHES)
 @example(texts=["\x00[MASK]\x00", "a\u0301\u0308", "ΣΑΣ Σ.", "ﬁ½ ẞ"])
