@@ -154,7 +154,7 @@ class StackOptions:
         if not self.service:
             object.__setattr__(self, "service", self.target)
         if not self.repository:
-            object.__setattr__(self, "repository", DEFAULT_REPOSITORY[self.target])
+            object.__setattr__(self, "repository", DEFAULT_REPOSITORY.get(self.target, "."))
         if "\x00" in self.repository or not self.repository.isprintable():
             problems.append(f"repository must be a printable path, not {self.repository!r}")
         if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", self.service):

@@ -1,0 +1,301 @@
+"""Build the container images the stacks and their tests run, without any registry.
+
+No registry can be reached from the machines this project is built on, so nothing is pulled:
+
+1. :func:`base_image` makes a Debian base with ``debootstrap --variant=minbase`` and imports it with
+   ``docker import`` (about 40 s and 200 MB, once).
+2. :func:`triton_cpu_image` builds on it a CPU Triton Inference Server image: the ``tritonserver``
+   binary with its Python backend from the ``nvidia-pytriton`` wheel, Debian's Python 3.11 (the wheel's
+   backend stub is built for it), and the pinned TensorFlow + TF-Text from PyPI
+   (``docker build --network host``).
+
+Both images are tagged with a content hash of everything that goes into them (suite, mirror,
+packages; the rendered Dockerfile and the base's tag), so a second call finds the image and returns at
+once, and a change of any input builds a new one.
+
+Example:
+    >>> tag = triton_cpu_image()          # doctest: +SKIP
+    >>> tag
+    'packager/tritonserver-cpu:3f2a...'
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from .errors import PackagerError
+
+CACHE_DIR = Path(os.environ.get("PACKAGER_CACHE", Path.home() / ".cache" / "packager"))
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "compose"
+# Bump when the recipe changes in a way the hashed inputs do not show.
+RECIPE_VERSION = 1
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# What the Triton image needs from Debian: the interpreter (+ venv for pip), and libpython for the
+# Python backend stub, which embeds the interpreter.
+BASE_PACKAGES = ("python3", "python3-venv", "libpython3.11")
+Log = Callable[[str], None]
+
+
+class ContainerError(PackagerError):
+    """The docker engine is missing, or an image could not be built."""
+
+
+def _log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def docker_client(timeout: int = 600):
+    """A docker SDK client for the local engine.
+
+    Raises:
+        ContainerError: when the ``docker`` package is missing or no engine answers.
+    """
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - pinned in requirements.txt
+        raise ContainerError("the docker SDK is missing: pip install docker") from exc
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+    except Exception as exc:  # the SDK raises several types for "no engine"
+        raise ContainerError(
+            f"no docker engine answers ({exc.__class__.__name__}: {exc}); "
+            "start one, e.g. `bash .ci/install-docker.sh`"
+        ) from exc
+    return client
+
+
+def content_hash(obj) -> str:
+    """A short, stable hash of a JSON-able object (the image tag)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _image_exists(client, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ base
+@dataclass(frozen=True)
+class BaseSpec:
+    """What goes into the debootstrap base image (all of it is hashed into the tag)."""
+
+    suite: str = "bookworm"
+    variant: str = "minbase"
+    mirror: str = DEFAULT_MIRROR
+    include: tuple[str, ...] = BASE_PACKAGES
+    repository: str = "packager/debian"
+    recipe: int = RECIPE_VERSION
+
+    @property
+    def tag(self) -> str:
+        spec = asdict(self)
+        spec.pop("repository")
+        return f"{self.repository}:{self.suite}-{self.variant}-{content_hash(spec)}"
+
+
+def base_image(spec: BaseSpec = BaseSpec(), *, client=None, log: Log = _log_stderr) -> str:
+    """Return the tag of the Debian base image, making it with debootstrap + ``docker import`` if missing.
+
+    Needs root (debootstrap) and the ``debootstrap`` program (Debian package ``debootstrap``).
+
+    Args:
+        spec: suite, variant, mirror and extra packages.
+        client: a docker SDK client (default: :func:`docker_client`).
+        log: where progress lines go.
+
+    Returns:
+        The image tag, e.g. ``packager/debian:bookworm-minbase-<hash>``.
+    """
+    client = client or docker_client()
+    tag = spec.tag
+    if _image_exists(client, tag):
+        log(f"base image {tag}: cached")
+        return tag
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not Path(debootstrap).exists():
+        raise ContainerError("debootstrap is missing: apt-get install debootstrap (or run .ci/install-docker.sh)")
+    if os.geteuid() != 0:
+        raise ContainerError("debootstrap needs root to make the base image")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE_DIR))
+    t0 = time.monotonic()
+    try:
+        root = work / "rootfs"
+        cmd = [debootstrap, f"--variant={spec.variant}"]
+        if spec.include:
+            cmd.append("--include=" + ",".join(spec.include))
+        cmd += [spec.suite, str(root), spec.mirror]
+        log(f"base image {tag}: {' '.join(cmd)}")
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode != 0:
+            raise ContainerError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
+        # The downloaded .debs and apt lists are a third of the tree and nothing at run time needs them.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (root / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        tarball = work / "rootfs.tar"
+        subprocess.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], check=True)
+        repo, _, version = tag.rpartition(":")
+        client.api.import_image_from_file(
+            str(tarball), repository=repo, tag=version,
+            changes=['CMD ["/bin/bash"]', "ENV LANG=C.UTF-8"],
+        )
+        if not _image_exists(client, tag):
+            raise ContainerError(f"docker import did not produce {tag}")
+        log(f"base image {tag}: made in {time.monotonic() - t0:.0f} s")
+        return tag
+    finally:
+        _unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _unmount_under(path: Path) -> None:
+    """Unmount what debootstrap left mounted under ``path`` (/proc, /sys when it failed half-way),
+    so that removing the tree can never reach into the host's pseudo filesystems."""
+    prefix = str(path.resolve()) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return
+    for mnt in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False, stderr=subprocess.DEVNULL)
+
+
+# ------------------------------------------------------------------------------------ triton cpu
+def _installed(dist: str, default: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return default
+
+
+def _host_ca_bundle() -> Path | None:
+    """The CA bundle this machine's pip trusts: the build needs it when traffic goes through a proxy."""
+    for env in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if os.environ.get(env) and Path(os.environ[env]).is_file():
+            return Path(os.environ[env])
+    default = Path("/etc/ssl/certs/ca-certificates.crt")
+    return default if default.is_file() else None
+
+
+@dataclass(frozen=True)
+class TritonCpuSpec:
+    """What goes into the CPU Triton image. Versions default to those installed here, so the image
+    runs the SavedModels this machine exports (the TF-Text op libraries must match TF exactly)."""
+
+    tf_package: str = "tensorflow-cpu"
+    tf_version: str = field(default_factory=lambda: _installed("tensorflow", "2.21.0"))
+    tf_text_version: str = field(default_factory=lambda: _installed("tensorflow-text", "2.21.1"))
+    pytriton_version: str = field(default_factory=lambda: _installed("nvidia-pytriton", "0.7.0"))
+    python_version: str = "3.11"
+    repository: str = "packager/tritonserver-cpu"
+
+
+def render_triton_cpu_dockerfile(spec: TritonCpuSpec, base: str, *, ca_bundle: str | None) -> str:
+    """Render the CPU Triton Dockerfile (pure: no docker needed)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, autoescape=False,
+    )
+    return env.get_template("Dockerfile.triton-cpu.j2").render(
+        base_image=base, ca_bundle=ca_bundle, **{k: v for k, v in asdict(spec).items() if k != "repository"}
+    )
+
+
+def _stream_build(client, context: Path, tag: str, buildargs: dict, log: Log) -> None:
+    """Run a classic-builder build and raise with the tail of the log when it fails."""
+    tail: list[str] = []
+    for chunk in client.api.build(
+        path=str(context), tag=tag, rm=True, forcerm=True, network_mode="host", decode=True,
+        buildargs=buildargs,
+    ):
+        if "stream" in chunk:
+            for line in chunk["stream"].splitlines():
+                if line.strip():
+                    tail = (tail + [line])[-40:]
+                    if line.startswith("Step ") or "tf " in line:
+                        log(f"  {line}")
+        if "error" in chunk:
+            raise ContainerError(f"docker build {tag} failed: {chunk['error']}\n" + "\n".join(tail))
+
+
+def triton_cpu_image(
+    spec: TritonCpuSpec | None = None, *, base: BaseSpec = BaseSpec(), client=None, log: Log = _log_stderr,
+) -> str:
+    """Return the tag of the CPU Triton image, building it (and its base) if missing.
+
+    Args:
+        spec: package versions (default: those installed in this environment).
+        base: the Debian base to build on.
+        client: a docker SDK client (default: :func:`docker_client`).
+        log: where progress lines go.
+
+    Returns:
+        The image tag, ``packager/tritonserver-cpu:<hash>``.
+
+    Raises:
+        ContainerError: no engine, debootstrap failed, or the build failed (with the build log's tail).
+    """
+    spec = spec or TritonCpuSpec()
+    client = client or docker_client()
+    base_tag = base_image(base, client=client, log=log)
+    ca = _host_ca_bundle()
+    # The hash covers the Dockerfile as rendered without the CA line: the CA changes nothing in the image.
+    tag = f"{spec.repository}:{content_hash([render_triton_cpu_dockerfile(spec, base_tag, ca_bundle=None), RECIPE_VERSION])}"
+    if _image_exists(client, tag):
+        log(f"triton image {tag}: cached")
+        return tag
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="triton-cpu-", dir=_mkcache()) as ctx:
+        ctx_path = Path(ctx)
+        if ca:
+            shutil.copyfile(ca, ctx_path / "build-ca.pem")
+        (ctx_path / "Dockerfile").write_text(
+            render_triton_cpu_dockerfile(spec, base_tag, ca_bundle="build-ca.pem" if ca else None)
+        )
+        buildargs = {k: os.environ[k] for k in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST") if os.environ.get(k)}
+        log(f"triton image {tag}: building on {base_tag} (downloads TensorFlow; a few minutes)")
+        _stream_build(client, ctx_path, tag, buildargs, log)
+    size = client.images.get(tag).attrs.get("Size", 0) / 2**20
+    log(f"triton image {tag}: built in {time.monotonic() - t0:.0f} s, {size:.0f} MiB")
+    return tag
+
+
+def _mkcache() -> str:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    return str(CACHE_DIR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m packager.containers [base|triton-cpu]``: build (or find) an image, print its tag."""
+    what = (argv if argv is not None else sys.argv[1:]) or ["triton-cpu"]
+    try:
+        tag = base_image() if what[0] == "base" else triton_cpu_image()
+    except ContainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
