@@ -316,34 +316,81 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def serve(repo: str | Path = "model_repository", *, http_port: int | None = None, grpc_port: int | None = None,
-          metrics_port: int | None = None, ready_timeout: float = 180.0, echo=print) -> int:
+def reference_source(repo: str | Path, model: str) -> str | None:
+    """The sentence-transformers model a served model was built from (``packager-target.json``), if known."""
+    import json
+
+    for path in (Path(repo) / model / "packager-target.json",):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))["export"]["source"]
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+    return None
+
+
+def check_parity(srv: "TritonServer", *, corpus=None, echo=print) -> bool:
+    """Send the corpus to every model of a running server over HTTP and gRPC; compare with sentence-transformers.
+
+    Returns:
+        True when every model passes the parity thresholds on both protocols.
+    """
+    from . import verify as v
+    from .clients import triton_grpc, triton_http
+    from .source import DEFAULT_MODEL_NAME, resolve_model
+
+    texts = v.load_corpus(corpus)
+    ok = True
+    for model in srv.models:
+        source = reference_source(srv.repo, model)
+        model_dir = resolve_model(None if source == DEFAULT_MODEL_NAME else source)[0]
+        reference = v.reference_model(model_dir)
+        for proto, embed in (("HTTP", triton_http(srv.http_url, model)), ("gRPC", triton_grpc(srv.grpc_url, model))):
+            report = v.check(texts, reference, embed, None)
+            echo(f"{model} over {proto} vs sentence-transformers ({source or 'default model'}):")
+            echo(report.render())
+            ok = ok and report.ok
+    return ok
+
+
+def serve_forever(repository: str | Path = "model_repository", *, http_port: int | None = None,
+                  grpc_port: int | None = None, metrics_port: int | None = None, check: bool = False,
+                  corpus=None, ready_timeout: float = 180.0, echo=print) -> int:
     """Run a local tritonserver in the foreground until Ctrl-C or SIGTERM (what ``packager serve`` calls).
 
     Args:
-        repo: the model repository.
+        repository: the model repository (python-backend models).
         http_port, grpc_port, metrics_port: ports on 127.0.0.1; free ones when ``None``.
+        check: start, send the corpus over HTTP and gRPC, print parity against sentence-transformers, stop.
+        corpus: the corpus for ``check`` (default: the shipped tricky corpus).
         ready_timeout: seconds to wait for readiness.
         echo: where the endpoint lines go.
 
     Returns:
-        0 after a clean stop, otherwise the server's exit code.
+        0 after a clean stop (and, with ``check``, parity), 1 on a parity failure, else the server's exit code.
     """
-    srv = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+    srv = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                        ready_timeout=ready_timeout, log_file=None)
     stopping = {"flag": False}
 
     def _on_signal(signum, _frame):
         stopping["flag"] = True
+        if check:  # a check runs in this thread: interrupt it
+            raise KeyboardInterrupt
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        echo(f"starting tritonserver on {Path(repository)} ...")
         srv.start()
         echo(f"tritonserver ready; models: {', '.join(srv.models)}")
-        echo(f"  HTTP/REST : {srv.http_url}   (e.g. {srv.http_url}/v2/models/{srv.models[0]})")
+        echo(f"  HTTP/REST : {srv.http_url}   (e.g. curl {srv.http_url}/v2/models/{srv.models[0]})")
         echo(f"  gRPC      : {srv.grpc_url}")
         echo(f"  metrics   : {srv.metrics_url}")
         echo(f"  log       : {srv.log_file}")
+        if check:
+            ok = check_parity(srv, corpus=corpus, echo=echo)
+            srv.stop()
+            echo("tritonserver stopped.")
+            return 0 if ok else 1
         echo("Ctrl-C to stop.")
         while not stopping["flag"] and srv.alive():
             time.sleep(0.2)

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,22 +84,36 @@ def _options(cls, target_options: Mapping[str, Any]):
     return cls(**coerced)
 
 
-def _tf_backend_op_libraries(manifest: Mapping, image: str) -> tuple[dict[str, Path], str | None]:
-    """Op libraries built for the TensorFlow inside ``image`` (from packager.oplibs) and that TF's version."""
-    needed = list(manifest.get("op_libraries", []))
-    try:
-        from .. import oplibs
-    except ImportError as exc:  # pragma: no cover - oplibs ships with packager
-        raise TargetError("the tensorflow backend needs packager.oplibs to fetch op libraries for the image") from exc
-    fetch = getattr(oplibs, "fetch_op_libraries", None)
-    if fetch is None:
-        raise TargetError("packager.oplibs has no fetch_op_libraries(); cannot build for the tensorflow backend yet")
-    result = fetch(needed, image=image)
-    if isinstance(result, tuple):
-        libs, tf_version = result
+def _server(kind: str, version: str | None):
+    """The server table row (packager.servers) a build targets."""
+    from ..servers import get_server
+
+    return get_server(kind, version)
+
+
+def _tf_backend_op_libraries(export_dir: Path, manifest: Mapping, options) -> tuple[dict[str, Path], str, str]:
+    """Op libraries built for the TensorFlow inside the chosen Triton TF-backend image.
+
+    Returns:
+        (library file name -> cached .so path, the image's TF version, the image).
+    """
+    from ..oplibs import check_compatible, fetch_op_libraries
+    from ..servers import servers_of
+
+    if options.image:
+        known = {s.image: s for s in servers_of("triton-tensorflow")}
+        if options.image not in known:
+            raise TargetError(
+                f"no op libraries are known for {options.image!r}: the tensorflow backend needs TF-Text kernels "
+                f"built for the exact TensorFlow inside the image. Supported images: {', '.join(known)}"
+            )
+        srv = known[options.image]
     else:
-        libs, tf_version = result, getattr(oplibs, "image_tensorflow_version", lambda _i: None)(image)
-    return {Path(p).name: Path(p) for p in (libs.values() if isinstance(libs, Mapping) else libs)}, tf_version
+        srv = _server("triton-tensorflow", options.server_version)
+    check_compatible(export_dir, srv)
+    needed = list(manifest.get("op_libraries", []))
+    paths = fetch_op_libraries(srv.tensorflow_text, python_version=srv.python or "3.12", libraries=needed) if needed else []
+    return {Path(p).name: Path(p) for p in paths}, srv.tensorflow, srv.image
 
 
 def build_from_export(
@@ -144,9 +158,10 @@ def build_from_export(
         from . import triton
 
         opts = _options(triton.TritonOptions, target_options)
-        libs, image_tf = ({}, None)
+        libs, image_tf = ({}, manifest.get("tensorflow"))
         if opts.backend == "tensorflow":
-            libs, image_tf = _tf_backend_op_libraries(manifest, opts.image_tag)
+            libs, image_tf, image = _tf_backend_op_libraries(export_dir, manifest, opts)
+            opts = replace(opts, image=image)
         files = triton.render(manifest, export_dir, name=model_name, version=int(version), options=opts,
                               op_library_files=libs, image_tf=image_tf)
         # Stage beside the repository, not in it: Triton refuses to start on a folder it cannot load.
@@ -156,6 +171,11 @@ def build_from_export(
     from . import tfserving
 
     opts = _options(tfserving.TFServingOptions, target_options)
+    from ..oplibs import check_compatible
+
+    srv = _server("tfserving", opts.server_version)
+    check_compatible(export_dir, srv)  # before anything is written: an op the server lacks fails here
+    opts = replace(opts, image=opts.image or srv.image)
     existing = out / tfserving.MODELS_CONFIG
     files = tfserving.render(manifest, export_dir, name=model_name, version=int(version), options=opts,
                              existing_models_config=existing.read_text(encoding="utf-8") if existing.is_file() else None)
@@ -232,6 +252,7 @@ def add_cli_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--image", help="Triton image the repository targets (TF backend: decides the op libraries' TF)")
     t.add_argument("--repo-mount", help="where the repository is mounted in the container (default /models)")
     t.add_argument("--max-string-bytes", type=int, help="python backend: longer strings are refused (default 262144)")
+    p.add_argument("--server-version", help="server release to build for (Triton TF backend: 25.02; TF-Serving: 2.12 .. 2.20)")
     s = p.add_argument_group("tfserving")
     s.add_argument("--base-path-prefix", help="where the base folder is mounted in the container (default /models)")
     s.add_argument("--num-batch-threads", type=int, help="batching threads (default 2)")

@@ -46,6 +46,8 @@ class TFServingOptions:
             the server-wide BatchingParameters.
         warmup: write ``assets.extra/tf_serving_warmup_requests``.
         warmup_texts: the strings sent at load time (one request at batch 1, one with all of them).
+        server_version: the TF-Serving release the graph must run on (packager.servers; default 2.20).
+        image: the TF-Serving image (default: the one of ``server_version``), recorded in the examples.
     """
 
     base_path_prefix: str = "/models"
@@ -58,6 +60,8 @@ class TFServingOptions:
     allowed_batch_sizes: tuple[int, ...] = ()
     warmup: bool = True
     warmup_texts: tuple[str, ...] = SAMPLE_TEXTS
+    server_version: str | None = None
+    image: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -251,6 +255,10 @@ def render(
     """
     from google.protobuf import text_format
 
+    from . import sanitize
+
+    if name != sanitize(name):
+        raise TargetError(f"model name {name!r} is not sanitized; use {sanitize(name)!r}")
     if version < 1:
         raise TargetError(f"version must be >= 1, not {version}")
     v = str(int(version))

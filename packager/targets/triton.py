@@ -63,6 +63,7 @@ class TritonOptions:
         version_policy: ``"latest"``, ``"all"`` or a list of version numbers to serve.
         latest_versions: how many versions ``"latest"`` serves.
         max_string_bytes: python backend: longer strings get a per-request error (0: no limit).
+        server_version: tensorflow backend: the Triton release (packager.servers; default 25.02).
     """
 
     backend: str = "python"
@@ -80,6 +81,7 @@ class TritonOptions:
     version_policy: str | tuple[int, ...] = "latest"
     latest_versions: int = 1
     max_string_bytes: int = 256 * 1024
+    server_version: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -157,8 +159,17 @@ def warmup_samples(options: TritonOptions) -> list[dict]:
     return [{"name": f"sample_batch_{b}", "batch_size": b, "file": "sample"} for b in sizes]
 
 
+def _check_name(name: str) -> str:
+    from . import sanitize
+
+    if name != sanitize(name):
+        raise TargetError(f"model name {name!r} is not sanitized; use {sanitize(name)!r}")
+    return name
+
+
 def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image_tf: str | None = None) -> str:
     """Render ``config.pbtxt`` (a pure function of the export manifest and the options)."""
+    _check_name(name)
     policy = options.version_policy
     return render_template(
         "triton/config.pbtxt.j2",
@@ -189,6 +200,7 @@ def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image
 
 def render_model_py(manifest: Mapping, *, name: str, options: TritonOptions) -> str:
     """Render the python backend's ``model.py`` for this export."""
+    _check_name(name)
     return render_template(
         "triton/model.py.j2",
         packager_version=manifest.get("packager_version", "?"),
