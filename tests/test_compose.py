@@ -349,3 +349,14 @@ def test_triton_stack_needs_compose_up_when_killed_with_docker_kill(engine, runn
     docker_env.wait_healthy(c2)
     running_stack["container"] = c2
     np.testing.assert_array_equal(_embed_all(running_stack["http"], sample, "http"), before)
+
+
+def test_example_stacks_match_render_when_regenerated():
+    """compose/ ships rendered stacks; they must be exactly what the renderer makes today."""
+    from packager.targets.compose import EXAMPLES
+
+    root = Path(__file__).resolve().parent.parent / "compose"
+    for name, kw in EXAMPLES.items():
+        files = render_compose(StackOptions(**kw))
+        for rel, text in files.items():
+            assert (root / name / rel).read_text() == text, f"compose/{name}/{rel} is stale: python -m packager.targets.compose"

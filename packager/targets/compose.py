@@ -348,3 +348,55 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
         "Dockerfile": env.get_template(f"Dockerfile.{o.stack_name.removesuffix('-gpu')}.j2").render(**ctx),
         "README.md": env.get_template("README.md.j2").render(**ctx),
     }
+
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2"  # what `packager build` names the embedded default model
+EXAMPLES = {
+    "triton-python": dict(target="triton", backend="python", model_name=DEFAULT_MODEL_NAME),
+    "triton-python-gpu": dict(target="triton", backend="python", gpu=True, model_name=DEFAULT_MODEL_NAME),
+    "triton-tensorflow": dict(target="triton", backend="tensorflow", model_name=DEFAULT_MODEL_NAME),
+    "triton-tensorflow-gpu": dict(target="triton", backend="tensorflow", gpu=True, model_name=DEFAULT_MODEL_NAME),
+    "tfserving": dict(target="tfserving", model_name=DEFAULT_MODEL_NAME),
+}
+"""The ready example stacks shipped in ``compose/`` (regenerate with ``python -m packager.targets.compose``)."""
+
+
+def write_stack(stack_dir: str | Path, options: StackOptions, *, repository: str | Path | None = None,
+                force: bool = True) -> Path:
+    """Render a stack and write it atomically to ``stack_dir``.
+
+    Args:
+        stack_dir: the stack folder, e.g. ``compose/triton-python``.
+        options: the stack options.
+        repository: the repository folder as a path from here (absolute or relative to the current
+            directory); it is written into the compose file relative to ``stack_dir``, so the stack
+            keeps working when the project folder moves. ``None`` keeps ``options.repository``.
+        force: replace the stack's files (they are generated; nothing else lives there).
+
+    Returns:
+        ``stack_dir`` as an absolute path.
+    """
+    import os
+
+    from .writer import write_tree
+
+    stack_dir = Path(stack_dir).absolute()
+    if repository is not None:
+        options = replace(options, repository=os.path.relpath(Path(repository).absolute(), stack_dir))
+    files = render_compose(options)
+    return write_tree(stack_dir, files, force=force, replace=list(files))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m packager.targets.compose [OUT]``: write the example stacks (default ``compose/``)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0] if args else "compose")
+    for name, kw in EXAMPLES.items():
+        print(write_stack(out / name, StackOptions(**kw)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
