@@ -94,19 +94,37 @@ def make_bert(root: Path, *, model_type="bert", lowercase=True, strip_accents=No
 
 
 def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=600,
-               seed=1, hidden=32, layers=2, heads=4, intermediate=37, max_position=130) -> Path:
-    """A tiny MPNet model (relative position bias) with the MPNet special tokens."""
+               seed=1, hidden=32, layers=2, heads=4, intermediate=37, max_position=130,
+               unk_token="[UNK]", mask_normalized=False) -> Path:
+    """A tiny MPNet model (relative position bias) whose tokenizer is laid out like all-mpnet-base-v2's.
+
+    Vocabulary: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, then a trained lower-cased WordPiece
+    vocabulary (which holds ``[UNK]``), then ``<mask>`` last. Like the real model, the WordPiece
+    unknown token is ``[UNK]`` and ``<unk>`` is an extra special token; ``<mask>`` has
+    ``lstrip=True`` (it swallows the spaces before it). The post-processor is ``<s> $A </s>``.
+
+    Args:
+        unk_token: the WordPiece unknown token (``"<unk>"`` gives the other common layout).
+        mask_normalized: make ``<mask>`` a normalized added token (matched after lower-casing).
+    """
     import torch
     import transformers as tr
+    from tokenizers import AddedToken
 
     root = Path(root)
     hf_dir = root / "hf"
     hf_dir.mkdir(parents=True, exist_ok=True)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>"]
-    vocab = _wordpiece_vocab(training_text(seed=seed), vocab_size, True, None, True, ["[PAD]", "[UNK]"])
-    vocab = specials[:4] + [t for t in vocab if t not in ("[PAD]",)] + ["<mask>"]
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trained = _wordpiece_vocab(training_text(seed=seed), vocab_size, True, None, True, ["[PAD]", "[UNK]"])
+    vocab = specials + [t for t in trained if t not in specials and t != "[PAD]"] + ["<mask>"]
     (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = tr.MPNetTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=True)
+    # transformers 5's MPNetTokenizer takes the vocabulary itself (it ignores vocab_file)
+    tok = tr.MPNetTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True, unk_token=unk_token,
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=mask_normalized, special=True),
+        additional_special_tokens=["<unk>"] if unk_token != "<unk>" else None,
+    )
+    assert tok.convert_tokens_to_ids(["<s>", "<pad>", "</s>", "<unk>", "<mask>"]) == [0, 1, 2, 3, len(vocab) - 1]
     tok.save_pretrained(str(hf_dir))
     torch.manual_seed(seed)
     cfg = tr.MPNetConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,

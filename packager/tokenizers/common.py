@@ -628,7 +628,7 @@ class InGraphTokenizer(tf.Module):
     def __init__(self, hf_tokenizer, max_seq_length: int, name: str | None = None):
         super().__init__(name=name)
         tj = tokenizer_json(hf_tokenizer)
-        self.tokenizer_json = tj
+        self._source = _Opaque(tj)  # not tracked by tf.Module (a 30k-entry vocab dict would be)
         self.max_seq_length = int(max_seq_length)
         self.post = PostProcessor.from_tokenizer_json(tj)
         if self.max_seq_length < self.post.n_special:
@@ -652,6 +652,11 @@ class InGraphTokenizer(tf.Module):
         self.raw_matcher = AddedTokenMatcher(raw, word_table=word_table, name="raw_added_tokens")
         self.norm_matcher = AddedTokenMatcher(norm, norm_patterns, word_table=word_table,
                                               name="normalized_added_tokens")
+
+    @property
+    def tokenizer_json(self) -> dict:
+        """The backend tokenizer.json (export time only)."""
+        return self._source.value
 
     # -- to override -----------------------------------------------------------------------------
     def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -686,6 +691,13 @@ class InGraphTokenizer(tf.Module):
         """``tf.string [B]`` -> ``(input_ids, attention_mask)``, int64 ``[B, T]``, T = longest row."""
         ids = self.content_ids(strings)
         return finalize(ids, self.post, self.max_seq_length, self.pad_id, self.truncation_side, self.padding_side)
+
+
+class _Opaque:
+    """Holds a value out of tf.Module's attribute tracking."""
+
+    def __init__(self, value):
+        self.value = value
 
 
 def _merge_piece_ids(is_text: tf.Tensor, text_ids: tf.RaggedTensor, added_ids: tf.Tensor) -> tf.RaggedTensor:
@@ -754,3 +766,154 @@ def probe_white_space() -> np.ndarray:
 def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), size):
         yield items[i: i + size]
+
+
+_PROBE_CACHE: dict[str, object] = {}
+
+
+def cached_probe(kind: str, component, fn):
+    """``fn(component)``, memoised in memory and on disk by the component's JSON and the version
+    of ``tokenizers`` (probing every code point costs seconds; the result never changes).
+
+    The disk cache lives in ``$PACKAGER_CACHE`` or ``~/.cache/packager/probes``; set
+    ``PACKAGER_CACHE=off`` to disable it. A corrupt or unreadable cache file is ignored.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import tokenizers
+
+    desc = "null" if component is None else component.__getstate__()
+    if isinstance(desc, bytes):
+        desc = desc.decode("utf-8", "replace")
+    key = hashlib.sha256(f"{kind}|{tokenizers.__version__}|{desc}".encode()).hexdigest()[:32]
+    if key in _PROBE_CACHE:
+        return _PROBE_CACHE[key]
+    root = os.environ.get("PACKAGER_CACHE", str(Path.home() / ".cache" / "packager"))
+    path = None if root == "off" else Path(root) / "probes" / f"{kind}-{key}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                value = _from_npz(z)
+            _PROBE_CACHE[key] = value
+            return value
+        except Exception:  # noqa: BLE001 - a broken cache file is just a miss
+            pass
+    value = fn(component)
+    _PROBE_CACHE[key] = value
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez_compressed(tmp, **_to_npz(value))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return value
+
+
+def _to_npz(value) -> dict:
+    if isinstance(value, np.ndarray):
+        return {"array": value}
+    return {"keys": value.keys, "splits": value.splits, "chars": value.chars}
+
+
+def _from_npz(z):
+    if "array" in z.files:
+        return z["array"]
+    return NormalizedTable(z["keys"], z["splits"], z["chars"])
+
+
+_ALL_CHARS: list[str] = []
+
+
+def _all_chars() -> str:
+    """Every code point except the surrogates, as one string (probing order = ``all_codepoints()``)."""
+    if not _ALL_CHARS:
+        _ALL_CHARS.append("".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, N_CODEPOINTS))))
+    return _ALL_CHARS[0]
+
+
+class NormalizedTable(NamedTuple):
+    """The code points a normalizer changes, and what each becomes (numpy arrays).
+
+    Attributes:
+        keys: int64 ``[K]`` sorted code points whose normalized form differs from themselves.
+        splits: int64 ``[K + 1]``: ``chars[splits[i]:splits[i+1]]`` is the normalized form of ``keys[i]``.
+        chars: int32 code points of all normalized forms, concatenated.
+    """
+
+    keys: np.ndarray
+    splits: np.ndarray
+    chars: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.splits)
+
+    def as_dict(self) -> dict[int, str]:
+        text = "".join(map(chr, self.chars.tolist()))
+        sp = self.splits.tolist()
+        return {k: text[sp[i]: sp[i + 1]] for i, k in enumerate(self.keys.tolist())}
+
+
+def probe_normalizer(normalizer, chunk: int = 8192, separator: str = "0") -> NormalizedTable:
+    """``normalizer.normalize_str(chr(c))`` for every code point c (surrogates skipped), fast.
+
+    Calls the HF normalizer on chunks of code points joined by ``separator`` (a starter that every
+    supported normalizer keeps as is, so nothing reorders or composes across it), and falls back to
+    one call per code point for any chunk that does not split back cleanly. ``None`` = identity.
+
+    Returns:
+        a :class:`NormalizedTable` of every code point whose output differs from itself.
+    """
+    keys: list[int] = []
+    outs: list[str] = []
+    if normalizer is not None:
+        norm = normalizer.normalize_str
+        sep_ok = norm(separator * 3) == separator * 3
+        chars = _all_chars()
+        for i in range(0, len(chars), chunk):
+            part = chars[i: i + chunk]
+            parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
+            if parts is None or len(parts) != len(part):
+                parts = [norm(ch) for ch in part]
+            for ch, p in zip(part, parts):
+                if p != ch:
+                    keys.append(ord(ch))
+                    outs.append(p)
+    lens = np.array([len(o) for o in outs], dtype=np.int64)
+    return NormalizedTable(
+        np.array(keys, dtype=np.int64),
+        np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+        np.array([ord(c) for o in outs for c in o], dtype=np.int32),
+    )
+
+
+def probe_pretokenizer(pre_tokenizer, chunk: int = 8192) -> np.ndarray:
+    """Per code point, how an HF pre-tokenizer treats it inside a word: 0 = part of the word,
+    1 = a separator that is dropped (whitespace), 2 = a separate one-character word (punctuation).
+
+    Runs all code points, in order, through the pre-tokenizer (chunks of ``chunk``): a code point
+    covered by no piece is a separator; one inside a longer piece is a word character; a piece of
+    one character is ambiguous (punctuation, or a letter between two separators) and is probed
+    again as ``"a" + c + "a"``. ``None`` (no pre-tokenizer) gives all zeros.
+    """
+    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
+    if pre_tokenizer is None:
+        return out
+    cps = all_codepoints()
+    chars = _all_chars()
+    covered = np.zeros(cps.size, dtype=np.int64)
+    for i in range(0, len(chars), chunk):
+        for _, (s, e) in pre_tokenizer.pre_tokenize_str(chars[i: i + chunk]):
+            covered[i + s: i + e] = e - s
+    cls = np.where(covered == 0, 1, 0)
+    for j in np.flatnonzero(covered == 1):
+        pieces = pre_tokenizer.pre_tokenize_str("a" + chars[j] + "a")
+        cls[j] = {1: 0, 2: 1, 3: 2}.get(len(pieces), -1)
+        if cls[j] < 0:
+            raise UnsupportedError(f"pre-tokenizer behaves unexpectedly around U+{int(cps[j]):04X}: {pieces}")
+    out[cps] = cls
+    return out
