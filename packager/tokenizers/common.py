@@ -94,6 +94,34 @@ def all_codepoints() -> np.ndarray:
     return cps[(cps < 0xD800) | (cps >= 0xE000)]
 
 
+# ------------------------------------------------------------------------------------ ragged plumbing
+# TF's own row-id helpers (``tf.repeat``, ``RaggedTensor.value_rowids``, ``tf.ragged.boolean_mask``)
+# build a [rows, longest row] mask internally: a 1 MB sentence next to many short pieces would
+# need gigabytes. These are O(values) (or O(values * log rows)) instead.
+def splits_from_lengths(lengths: tf.Tensor) -> tf.Tensor:
+    """int64 row lengths ``[R]`` -> row splits ``[R + 1]``."""
+    return tf.concat([tf.zeros([1], tf.int64), tf.cumsum(tf.cast(lengths, tf.int64))], 0)
+
+
+def rowids(splits: tf.Tensor) -> tf.Tensor:
+    """Row splits ``[R + 1]`` -> the row of every value ``[splits[-1]]`` (int64)."""
+    splits = tf.cast(splits, tf.int64)
+    return tf.searchsorted(splits, tf.range(splits[-1]), side="right", out_type=tf.int64) - 1
+
+
+def repeat_range(lengths: tf.Tensor) -> tf.Tensor:
+    """``tf.repeat(tf.range(R), lengths)``, without the [R, max(lengths)] intermediate."""
+    return rowids(splits_from_lengths(lengths))
+
+
+def mask_rows(rt: tf.RaggedTensor, keep: tf.Tensor) -> tf.RaggedTensor:
+    """The rows of a ragged ``[R, (n)]`` tensor where ``keep`` is true (``tf.ragged.boolean_mask``)."""
+    rt = rt.with_row_splits_dtype(tf.int64)
+    lens = tf.boolean_mask(rt.row_lengths(), keep)
+    values = tf.boolean_mask(rt.values, tf.gather(keep, rowids(rt.row_splits)))
+    return tf.RaggedTensor.from_row_splits(values, splits_from_lengths(lens), validate=False)
+
+
 # ------------------------------------------------------------------------------- code point tables
 class RangeTable(tf.Module):
     """A per-code-point integer class, stored as sorted range starts (compact, exact).
@@ -175,7 +203,7 @@ class CodepointMap(tf.Module):
         lens = tf.where(mapped, tf.gather(tf.constant(self._lens_np), safe), tf.ones_like(slot))
         out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
         total = out_splits[-1]
-        out_rowids = tf.repeat(tf.range(tf.size(values, out_type=tf.int64)), lens)
+        out_rowids = repeat_range(lens)
         within = tf.range(total) - tf.gather(out_splits, out_rowids)
         src_slot = tf.gather(safe, out_rowids)
         from_table = tf.gather(
@@ -315,7 +343,7 @@ class AddedTokenMatcher(tf.Module):
         if not self.n_patterns:
             return _whole_rows_as_pieces(rows)
         n = tf.size(v, out_type=tf.int64)
-        rid = rows.value_rowids()
+        rid = rowids(splits)
         row_end_of = tf.gather(splits[1:], rid)  # [N]
 
         # candidate starts: first code point of some pattern
@@ -388,7 +416,7 @@ class AddedTokenMatcher(tf.Module):
         pts_per_row = 2 * n_m + 2
         pts_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(pts_per_row)], 0)
         n_pts = pts_splits[-1]
-        pts_rid = tf.repeat(tf.range(nrows), pts_per_row)
+        pts_rid = repeat_range(pts_per_row)
         within = tf.range(n_pts) - tf.gather(pts_splits, pts_rid)
         last_in_row = within == tf.gather(pts_per_row, pts_rid) - 1
         # match boundary j (1-based inside the row) -> flat match index
@@ -424,7 +452,7 @@ def _whole_rows_as_pieces(rows: tf.RaggedTensor) -> Pieces:
     """No added tokens: every non-empty row is one text piece."""
     lens = rows.row_lengths()
     keep = lens > 0
-    pieces = tf.ragged.boolean_mask(rows, keep)
+    pieces = mask_rows(rows, keep)
     per_row = tf.cast(keep, tf.int64)
     row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(per_row)], 0)
     p = pieces.nrows()
@@ -434,7 +462,7 @@ def _whole_rows_as_pieces(rows: tf.RaggedTensor) -> Pieces:
 def _pieces_from_intervals(v, splits, nrows, lo, hi, row, token_id) -> Pieces:
     lens = hi - lo
     p_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
-    p_rid = tf.repeat(tf.range(tf.size(lo, out_type=tf.int64)), lens)
+    p_rid = repeat_range(lens)
     src = tf.gather(lo, p_rid) + tf.range(p_splits[-1]) - tf.gather(p_splits, p_rid)
     cps = tf.RaggedTensor.from_row_splits(tf.gather(v, src), p_splits, validate=False)
     per_row = tf.math.bincount(tf.cast(row, tf.int32), minlength=tf.cast(nrows, tf.int32),
@@ -477,7 +505,7 @@ def _split_normalized(pieces_in: Pieces, normalized: tf.RaggedTensor, matcher: A
     sub_pos = tf.gather(out_splits, sub_parent) + tf.range(tf.size(sub.token_id, out_type=tf.int64)) - tf.gather(
         sub.row_splits, sub_rowids(sub))
     add_pos = tf.boolean_mask(out_splits[:-1], ~is_text)
-    added_rows = tf.ragged.boolean_mask(pieces_in.codepoints, ~is_text)
+    added_rows = mask_rows(pieces_in.codepoints, ~is_text)
     total = out_splits[-1]
     order_src = tf.dynamic_stitch(
         [tf.cast(sub_pos, tf.int32), tf.cast(add_pos, tf.int32)],
@@ -491,15 +519,14 @@ def _split_normalized(pieces_in: Pieces, normalized: tf.RaggedTensor, matcher: A
     order_src = tf.reshape(order_src, [total])
     cps = tf.gather(all_cps, order_src)
     # pieces per original row
-    piece_row = tf.repeat(tf.range(tf.size(pieces_in.row_splits, out_type=tf.int64) - 1),
-                          pieces_in.row_splits[1:] - pieces_in.row_splits[:-1])
+    piece_row = rowids(pieces_in.row_splits)
     out_rows_count = tf.math.unsorted_segment_sum(count, piece_row, tf.size(pieces_in.row_splits) - 1)
     row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(out_rows_count)], 0)
     return Pieces(cps, tf.gather(all_ids, order_src), row_splits, tf.gather(all_first, order_src))
 
 
 def sub_rowids(p: Pieces) -> tf.Tensor:
-    return tf.repeat(tf.range(tf.size(p.row_splits, out_type=tf.int64) - 1), p.row_splits[1:] - p.row_splits[:-1])
+    return rowids(p.row_splits)
 
 
 # ------------------------------------------------------------------------------------ post-processing
@@ -674,13 +701,13 @@ class InGraphTokenizer(tf.Module):
         cps = decode_utf8(strings)
         pieces = self.raw_matcher.split(cps)
         is_text = pieces.token_id < 0
-        text = tf.ragged.boolean_mask(pieces.codepoints, is_text)
+        text = mask_rows(pieces.codepoints, is_text)
         normalized = self.normalize_pieces(text)
         if self.norm_matcher.n_patterns:
             # put the normalized text back in place, then split it on the normalized added tokens
             pieces = _split_normalized(pieces, normalized, self.norm_matcher)
             is_text = pieces.token_id < 0
-            normalized = tf.ragged.boolean_mask(pieces.codepoints, is_text)
+            normalized = mask_rows(pieces.codepoints, is_text)
         text_ids = self.encode_pieces(normalized, tf.boolean_mask(pieces.is_first, is_text))
         text_ids = tf.cast(text_ids, tf.int64).with_row_splits_dtype(tf.int64)
         per_piece = _merge_piece_ids(is_text, text_ids, pieces.token_id)
@@ -707,7 +734,7 @@ def _merge_piece_ids(is_text: tf.Tensor, text_ids: tf.RaggedTensor, added_ids: t
     lens = tf.where(is_text, tf.gather(text_lens, tf.maximum(text_idx, 0)), 1)
     out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
     text_piece_pos = tf.boolean_mask(tf.range(tf.size(is_text, out_type=tf.int64)), is_text)
-    tv_rows = text_ids.value_rowids()
+    tv_rows = rowids(text_ids.row_splits)
     text_pos = (tf.gather(out_splits, tf.gather(text_piece_pos, tv_rows))
                 + tf.range(tf.size(text_ids.values, out_type=tf.int64)) - tf.gather(text_ids.row_splits, tv_rows))
     added_pos = tf.boolean_mask(out_splits[:-1], ~is_text)

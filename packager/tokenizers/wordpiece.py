@@ -43,6 +43,9 @@ from .common import (
     InGraphTokenizer,
     RangeTable,
     cached_probe,
+    mask_rows,
+    repeat_range,
+    rowids,
     probe_normalizer,
     probe_pretokenizer,
 )
@@ -176,7 +179,7 @@ class WordPieceTokenizer(InGraphTokenizer):
             lens += tf.where(is_mapped, tf.gather(tf.constant(self.norm_map._lens_np), safe), 0)
         splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
         total = splits[-1]
-        src = tf.repeat(tf.range(n), lens)
+        src = repeat_range(lens)
         within = tf.range(total) - tf.gather(splits, src)
         src_cls = tf.gather(cls, src)
         out = tf.gather(v, src)
@@ -192,7 +195,8 @@ class WordPieceTokenizer(InGraphTokenizer):
     def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
         v = pieces.flat_values
         n = tf.size(v, out_type=tf.int64)
-        rowid = pieces.value_rowids()
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        rowid = rowids(pieces.row_splits)
         info = self.pre_classes.lookup(v)
         pc = info % 4
         piece_start = tf.range(n) == tf.gather(pieces.row_splits, rowid)
@@ -205,12 +209,12 @@ class WordPieceTokenizer(InGraphTokenizer):
         keep = pc != SPACE
         starts = tf.boolean_mask(new_word, keep)
         wv = tf.boolean_mask(v, keep)
-        word_of_char = tf.cumsum(tf.cast(starts, tf.int64)) - 1
-        n_words = tf.reduce_sum(tf.cast(starts, tf.int64))
-        words = tf.RaggedTensor.from_value_rowids(wv, word_of_char, nrows=n_words, validate=False)
+        words = tf.RaggedTensor.from_row_splits(
+            wv, tf.concat([tf.boolean_mask(tf.range(tf.size(starts, out_type=tf.int64)), starts),
+                           tf.reshape(tf.size(starts, out_type=tf.int64), [1])], 0), validate=False)
         word_piece = tf.boolean_mask(tf.boolean_mask(rowid, keep), starts)
         too_long = words.row_lengths() > self.max_chars
-        short = tf.ragged.boolean_mask(words, ~too_long)
+        short = mask_rows(words, ~too_long)
         ids = self.wordpiece.tokenize(tf.strings.unicode_encode(short, "UTF-8"))
         ids = ids.with_row_splits_dtype(tf.int64)
         from .common import _merge_piece_ids
