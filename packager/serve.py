@@ -144,6 +144,11 @@ def check_repository(repo: str | Path) -> list[str]:
         names.append(cfg_path.parent.name)
     if not names:
         raise TargetError(f"no model (no */config.pbtxt) in {repo}")
+    strays = sorted(p.name for p in repo.iterdir() if p.is_dir() and not (p / "config.pbtxt").is_file())
+    if strays:
+        # Triton tries to load every folder of the repository and refuses to start on one it cannot.
+        raise TargetError(f"{repo} holds folders that are not models (no config.pbtxt): {', '.join(strays)}; "
+                          "move them out of the repository")
     return names
 
 

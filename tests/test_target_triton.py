@@ -134,7 +134,7 @@ def test_triton_model_py_compiles_and_quotes_strings_when_source_is_hostile():
     compile(code, "model.py", "exec")
     ns: dict = {}
     # Only the constants block is executed (the rest needs Triton's pb_utils).
-    consts = code[code.index("SOURCE = "):code.index("BUILT_WITH")]
+    consts = code[code.index("\nPACKAGER_VERSION = "):code.index("\nBUILT_WITH = ")]
     exec(consts, ns)
     assert ns["SOURCE"] == manifest["source"]
     assert ns["OP_LIBRARIES"] == MANIFEST["op_libraries"] and ns["EMBEDDING_DIM"] == 384

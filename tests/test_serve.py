@@ -1,0 +1,267 @@
+"""A real tritonserver (the one bundled in nvidia-pytriton) serving python-backend repositories built by
+packager: metadata, parity with sentence-transformers over HTTP and gRPC at batch sizes 1..64,
+dynamic batching under concurrent load, and bad requests that get clear errors without hurting the
+server. One server start serves both the default model and a tiny model (the machine has 2 cores)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from packager import verify as v
+from packager.clients import ServerError, embedder, triton_grpc, triton_http
+from packager.errors import TargetError
+from packager.serve import TritonServer, check_repository
+from packager.targets import build_from_export
+
+pytestmark = pytest.mark.server
+
+MODELS = {"minilm": "default_model_dir", "tiny": "tiny_bert"}
+BATCH_SIZES = [1, 2, 3, 5, 8, 13, 21, 34, 64]
+
+
+def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
+    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
+    from packager.graph import export
+
+    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
+    if not (out / "packager.json").is_file():
+        export(model_dir, out, force=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dirs(request) -> dict[str, Path]:
+    return {name: request.getfixturevalue(fixture) for name, fixture in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_dirs):
+    repo = tmp_path_factory.mktemp("serve") / "model_repository"
+    for name, model_dir in model_dirs.items():
+        build_from_export(exported(tmp_path_factory, model_dir, MODELS[name]), target="triton", output=repo,
+                          name=name, max_queue_delay_us=5000)
+    with TritonServer(repo, ready_timeout=300) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def references(model_dirs, corpus):
+    """sentence-transformers embeddings of the corpus, per model."""
+    out = {}
+    for name, model_dir in model_dirs.items():
+        out[name] = v.reference_embeddings(v.reference_model(model_dir), corpus)
+    return out
+
+
+def _chunks(texts, sizes):
+    i, k = 0, 0
+    while i < len(texts):
+        n = sizes[k % len(sizes)]
+        yield texts[i:i + n]
+        i, k = i + n, k + 1
+
+
+def test_server_metadata_shows_bytes_input_when_model_loaded(server):
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    assert client.is_server_ready()
+    for name, fixture in MODELS.items():
+        meta = client.get_model_metadata(name)
+        assert meta["inputs"] == [{"name": "input_sequence", "datatype": "BYTES", "shape": [-1, 1]}]
+        assert meta["outputs"][0]["name"] == "sentence_embedding" and meta["outputs"][0]["datatype"] == "FP32"
+        assert meta["platform"] == "python"
+    gmeta = grpcclient.InferenceServerClient(server.grpc_url).get_model_metadata("minilm", as_json=True)
+    assert gmeta["inputs"][0]["datatype"] == "BYTES"
+    assert grpcclient.InferenceServerClient(server.grpc_url).get_model_metadata("minilm").outputs[0].shape == [-1, 384]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_server_matches_sentence_transformers_when_batches_of_1_to_64(server, references, corpus, protocol, name):
+    embed = triton_http(server.http_url, name) if protocol == "http" else triton_grpc(server.grpc_url, name)
+    # Enough sentences that every batch size is used at least once (the corpus, repeated).
+    texts = (corpus * (1 + sum(BATCH_SIZES) // len(corpus)))[: max(len(corpus), sum(BATCH_SIZES))]
+    expected = np.concatenate([references[name]] * (1 + len(texts) // len(corpus)))[: len(texts)]
+    batches = list(_chunks(texts, BATCH_SIZES))
+    assert {len(b) for b in batches} >= set(BATCH_SIZES)
+    got = np.concatenate([embed(b) for b in batches])
+    assert got.dtype == np.float32
+    report = v.compare(texts, expected, got)
+    assert report.ok, report.render()
+    assert report.max_abs_diff <= 1e-5 and report.min_cosine > 0.99999
+
+
+def test_server_batches_concurrent_requests_when_dynamic_batching(server, references, corpus):
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"), concurrency=16)
+
+    def stats():
+        s = client.get_inference_statistics("tiny")["model_stats"][0]
+        return int(s["inference_count"]), int(s["execution_count"])
+
+    inf0, exe0 = stats()
+    embed = triton_http(server.http_url, "tiny")
+    texts = corpus[:64]
+    with ThreadPoolExecutor(16) as pool:
+        rows = list(pool.map(lambda t: embed([t])[0], texts))
+    inf1, exe1 = stats()
+    assert inf1 - inf0 == len(texts)
+    # Batched: fewer model executions than requests.
+    assert exe1 - exe0 < len(texts), (inf1 - inf0, exe1 - exe0)
+    report = v.compare(texts, references["tiny"][:64], np.stack(rows))
+    assert report.ok, report.render()
+
+
+def _raw_http(server, datatype, shape, data, binary=False):
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
+    inp = httpclient.InferInput("input_sequence", shape, datatype)
+    inp.set_data_from_numpy(data, binary_data=binary)
+    return client.infer("tiny", [inp])
+
+
+BAD_REQUESTS = {
+    "wrong datatype": (lambda s: _raw_http(s, "INT32", [1, 1], np.array([[1]], dtype=np.int32)),
+                       "data-type is 'INT32', but model 'tiny' expects 'BYTES'"),
+    "wrong shape": (lambda s: _raw_http(s, "BYTES", [2, 2], np.array([[b"a", b"b"], [b"c", b"d"]], dtype=object)),
+                    "unexpected shape for input 'input_sequence'"),
+    "empty batch": (lambda s: triton_http(s.http_url, "tiny")([]), "got 0"),
+    "too large a batch": (lambda s: triton_grpc(s.grpc_url, "tiny")(["x"] * 65), "batch-size must be <= 64"),
+    "invalid UTF-8 over HTTP": (lambda s: triton_http(s.http_url, "tiny")([b"ok", b"caf\xc3", b"\xff\xfe"]),
+                                "element 1 is not valid UTF-8"),
+    "invalid UTF-8 over gRPC": (lambda s: triton_grpc(s.grpc_url, "tiny")([b"\xc0\xaf"]), "element 0 is not valid UTF-8"),
+    "1 MB string": (lambda s: triton_http(s.http_url, "tiny")(["a" * 1_000_000]),
+                    "element 0 is 1000000 bytes; the limit is 262144"),
+    "unknown model": (lambda s: triton_http(s.http_url, "nope")(["x"]), "unknown model"),
+    "wrong input name": (lambda s: httpclient.InferenceServerClient(s.http_url.removeprefix("http://")).infer(
+        "tiny", [_named_input("text")]), "unexpected inference input 'text'"),
+}
+
+
+def _named_input(name):
+    inp = httpclient.InferInput(name, [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+    return inp
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_server_answers_bad_request_with_clear_error_and_keeps_serving_when_request_is_bad(server, references, corpus, case):
+    send, message = BAD_REQUESTS[case]
+    with pytest.raises((ServerError, InferenceServerException)) as err:
+        send(server)
+    text = str(err.value) if isinstance(err.value, ServerError) else err.value.message()
+    assert message in text, text
+    # Still alive, and still right, on both models.
+    assert server.alive()
+    for name in MODELS:
+        got = triton_http(server.http_url, name)(corpus[:3])
+        assert np.abs(got - references[name][:3]).max() <= 1e-5
+
+
+def test_server_fails_only_the_bad_request_when_batched_with_good_ones(server, references, corpus):
+    """A bad request inside a dynamic batch gets its error; the good requests of that batch get embeddings."""
+    good = triton_http(server.http_url, "tiny")
+    bad = triton_http(server.http_url, "tiny")
+
+    def one(i):
+        if i % 4 == 0:
+            try:
+                bad([b"\xff bad"])
+            except ServerError as exc:
+                return "error" if "not valid UTF-8" in str(exc) else str(exc)
+            return "no error"
+        return good([corpus[i]])[0]
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(48)))
+    for i, r in enumerate(results):
+        if i % 4 == 0:
+            assert r == "error"
+        else:
+            assert np.abs(r - references["tiny"][i]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("url_attr,protocol", [("http_url", None), ("grpc_url", None), ("http_url", "http")])
+def test_verify_url_passes_parity_when_server_is_live(server, model_dirs, corpus, url_attr, protocol):
+    embed = embedder(getattr(server, url_attr), "minilm", protocol=protocol)
+    report = v.check(corpus, v.reference_model(model_dirs["minilm"]), embed)
+    assert report.ok, report.render()
+
+
+def test_serve_refuses_tensorflow_backend_repository_with_advice_when_checked(tmp_path):
+    model = tmp_path / "repo" / "m"
+    model.mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "m"\nplatform: "tensorflow_savedmodel"\nmax_batch_size: 8\n')
+    with pytest.raises(TargetError, match="only the Python backend.*--backend python.*docker"):
+        check_repository(tmp_path / "repo")
+    with pytest.raises(TargetError, match="no model"):
+        check_repository(tmp_path / "repo" / "m")
+    (model / "config.pbtxt").write_text('name: "m"\nbackend: "python"\nmax_batch_size: 8\n')
+    (tmp_path / "repo" / ".m.partial").mkdir()
+    with pytest.raises(TargetError, match=r"not models \(no config.pbtxt\): .m.partial"):
+        check_repository(tmp_path / "repo")
+    with pytest.raises(TargetError, match="does not exist"):
+        check_repository(tmp_path / "missing")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the server and its Python backend stubs)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def test_serve_cli_prints_endpoints_and_stops_cleanly_when_sent_sigint(tmp_path_factory, tiny_bert):
+    repo = tmp_path_factory.mktemp("cli") / "repo"
+    build_from_export(exported(tmp_path_factory, tiny_bert, "tiny_bert"), target="triton", output=repo,
+                      name="tiny", warmup=False)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "packager", "serve", str(repo)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        out = "".join(lines)
+        assert "HTTP/REST : http://127.0.0.1:" in out and "gRPC      : 127.0.0.1:" in out, out
+        assert "metrics   : http://127.0.0.1:" in out, out
+        http_url = next(l.split(": ", 1)[1].split()[0] for l in lines if l.strip().startswith("HTTP/REST"))
+        assert triton_http(http_url, "tiny")(["hello"]).shape[0] == 1
+        children = _descendants(proc.pid)
+        assert children, "the CLI started no server process"
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + rest
+        assert "tritonserver stopped." in rest
+        time.sleep(0.5)
+        alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+        assert not alive, f"left running: {alive}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
