@@ -139,9 +139,8 @@ def save(module, path: Path) -> None:
     tf.saved_model.save(
         module,
         str(path),
+        # TF2's saver already strips default-valued attrs, which older server runtimes need.
         signatures={"serving_default": module.serve, "tokenize": module.tokenize},
-        # Default-valued attrs are stripped so older TF runtimes (servers) can load the graph.
-        options=tf.saved_model.SaveOptions(strip_default_attrs=True),
     )
 
 
