@@ -204,6 +204,9 @@ class TritonCpuSpec:
     tf_version: str = field(default_factory=lambda: _installed("tensorflow", "2.21.0"))
     tf_text_version: str = field(default_factory=lambda: _installed("tensorflow-text", "2.21.1"))
     pytriton_version: str = field(default_factory=lambda: _installed("nvidia-pytriton", "0.7.0"))
+    # The wheel's Python backend is built for numpy 1.x (nvidia-pytriton pins it): with numpy 2 its
+    # BYTES decoding reads garbage lengths and the server aborts (seen at model warmup).
+    numpy_version: str = field(default_factory=lambda: _installed("numpy", "1.26.4"))
     python_version: str = "3.11"
     repository: str = "packager/tritonserver-cpu"
 

@@ -324,7 +324,10 @@ def test_triton_stack_recovers_by_itself_when_server_process_is_killed(running_s
     c = running_stack["container"]
     c.reload()
     restarts = c.attrs["RestartCount"]
-    os.kill(c.attrs["State"]["Pid"], signal.SIGKILL)
+    top = c.top(ps_args="-eo pid,args")
+    server = [int(row[0]) for row in top["Processes"] if row[1].split()[0].endswith("tritonserver")]
+    assert len(server) == 1, top
+    os.kill(server[0], signal.SIGKILL)  # host pid of the server process (init: true makes it a child of tini)
     took = docker_env.wait_healthy(c, timeout=240, since_restarts=restarts)
     print(f"back and healthy {took:.1f} s after SIGKILL (restart count {restarts} -> {c.attrs['RestartCount']})")
     after = _embed_all(running_stack["http"], sample, "http")

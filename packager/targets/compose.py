@@ -82,6 +82,8 @@ class StackOptions:
         restart: the restart policy.
         healthcheck_interval, healthcheck_start_period: readiness polling.
         tf_version, tf_text_version: what the Python-backend Dockerfile installs (must match the export).
+        numpy_version: pinned beside them: the numpy the parity tests ran with (a numpy-2 upgrade
+            pulled in by pip broke the BYTES decoding of the python backend in Triton 2.51).
         service: the compose service name (default: the target).
         models_config: TF-Serving: the model config file, relative to ``repository``.
         batching_parameters: TF-Serving: the batching parameters file, relative to ``repository``.
@@ -114,6 +116,7 @@ class StackOptions:
     healthcheck_start_period: str = "120s"
     tf_version: str = field(default_factory=lambda: _installed("tensorflow", "2.21.0"))
     tf_text_version: str = field(default_factory=lambda: _installed("tensorflow-text", "2.21.1"))
+    numpy_version: str = field(default_factory=lambda: _installed("numpy", "1.26.4"))
     service: str = ""
     models_config: str = "models.config"
     batching_parameters: str = "batching_parameters.txt"
