@@ -380,15 +380,16 @@ def fetch_op_libraries(
     """The TF-Text op ``.so`` files of one release, for a server image whose TF matches it.
 
     Downloads the ``tensorflow-text`` wheel with pip (its configured indexes), extracts
-    ``tensorflow_text/python/ops/*.so`` and caches them under
-    ``~/.cache/packager/oplibs/<version>-cp<py>/``; a second call reads the cache. The libraries
-    need only ``libtensorflow_framework.so.2`` of the same TF release (no Python), so they suit a
-    Triton TensorFlow-backend image (``model_operations { op_library_filename: ... }``).
+    ``tensorflow_text/python/ops/*.so`` and caches them under ``~/.cache/packager/oplibs/<version>/``;
+    a second call reads the cache. The libraries need only ``libtensorflow_framework.so.2`` of
+    the same TF release, not Python, and are byte-identical across a release's CPython wheels
+    (checked for 2.17.0: cp39, cp310, cp311). So when the image's Python has no wheel (there is
+    no cp312 wheel of 2.17.0, the release Triton 25.02's TF needs) another CPython's is used.
 
     Args:
         tf_text_version: exact release, e.g. ``"2.17.0"`` for Triton 25.02 (TF 2.17.0).
         dest: folder to copy them into (created); ``None`` returns the cached files.
-        python_version: the image's Python (picks the wheel; the ``.so`` files do not depend on it).
+        python_version: the image's Python, tried first.
         libraries: only these file names (default: all).
         platforms: wheel platform tags to accept.
 
@@ -396,19 +397,28 @@ def fetch_op_libraries(
         Paths of the copied (or cached) libraries, sorted.
 
     Raises:
-        PackagerError: no wheel for that version and Python, or pip failed (message from pip).
+        PackagerError: no wheel of that release for any CPython, or pip failed (pip's message).
     """
-    tag = "cp" + python_version.replace(".", "")
-    cache = CACHE_DIR / "oplibs" / f"{tf_text_version}-{tag}"
-    marker = cache / "wheel.json"
-    if not marker.is_file():
-        _download_and_extract(tf_text_version, python_version, list(platforms), cache)
+    cache = CACHE_DIR / "oplibs" / tf_text_version
+    if not (cache / "wheel.json").is_file():
+        tried = [python_version] + [v for v in ("3.12", "3.11", "3.10", "3.9") if v != python_version]
+        errors = []
+        for py in tried:
+            try:
+                _download_and_extract(tf_text_version, py, list(platforms), cache)
+                break
+            except PackagerError as exc:
+                errors.append(str(exc))
+        else:
+            raise PackagerError(f"could not download tensorflow-text=={tf_text_version} for CPython "
+                                f"{', '.join(tried)}:\n{errors[0]}")
+    available = sorted(cache.glob("*.so"))
     wanted = set(libraries) if libraries is not None else None
-    found = sorted(p for p in cache.glob("*.so") if wanted is None or p.name in wanted)
+    found = [p for p in available if wanted is None or p.name in wanted]
     if wanted is not None and wanted - {p.name for p in found}:
         missing = sorted(wanted - {p.name for p in found})
         raise PackagerError(f"tensorflow-text {tf_text_version} has no {', '.join(missing)} "
-                            f"(it ships {', '.join(p.name for p in sorted(cache.glob('*.so')))})")
+                            f"(it ships {', '.join(p.name for p in available)})")
     if dest is None:
         return found
     dest = Path(dest)
@@ -433,7 +443,7 @@ def _download_and_extract(version: str, python_version: str, platforms: list[str
         wheels = list(Path(tmp).glob("tensorflow_text-*.whl"))
         if proc.returncode != 0 or not wheels:
             err = "\n".join(l for l in proc.stderr.splitlines() if "is ignored" not in l)[-1500:]
-            raise PackagerError(f"could not download tensorflow-text=={version} for Python {python_version}: {err.strip()}")
+            raise PackagerError(f"no tensorflow-text=={version} wheel for CPython {python_version}: {err.strip()}")
         wheel = wheels[0]
         staged = Path(tmp) / "ops"
         staged.mkdir()
@@ -443,12 +453,18 @@ def _download_and_extract(version: str, python_version: str, platforms: list[str
                 name = info.filename
                 if name.startswith(prefix) and name.endswith(".so") and "/" not in name[len(prefix):]:
                     (staged / Path(name).name).write_bytes(zf.read(info))
+        if not list(staged.glob("*.so")):
+            raise PackagerError(f"{wheel.name} holds no op libraries under {prefix}")
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         (staged / "wheel.json").write_text(json.dumps(
             {"wheel": wheel.name, "sha256": digest, "tensorflow_text": version, "python": python_version}, indent=2))
-        if cache.exists():
-            shutil.rmtree(cache)
-        os.replace(staged, cache)
+        # another process may have filled the cache meanwhile: keep whichever landed first
+        try:
+            os.rename(staged, cache)
+        except OSError:
+            if not (cache / "wheel.json").is_file():
+                shutil.rmtree(cache, ignore_errors=True)
+                os.rename(staged, cache)
 
 
 # ---------------------------------------------------------------- the check `packager build` runs

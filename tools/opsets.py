@@ -119,6 +119,10 @@ def text_ops_dir_of(venv: Path) -> Path | None:
     return found[0] if found else None
 
 
+def opset_name(tf: str, tf_text: str) -> str:
+    return f"tf-{tf}" + (f"_text-{tf_text}" if tf_text else "") + ".json"
+
+
 def generate(tf: str, tf_text: str, log=print) -> Path:
     if (tf, tf_text) == installed_versions():  # the project venv already is that pair
         python, ops_dir = sys.executable, text_ops_dir()
@@ -144,8 +148,7 @@ def generate(tf: str, tf_text: str, log=print) -> Path:
         "text_ops": dump["text_ops"],
     }
     OPSETS_DIR.mkdir(parents=True, exist_ok=True)
-    name = f"tf-{tf}" + (f"_text-{tf_text}" if tf_text else "") + ".json"
-    out = OPSETS_DIR / name
+    out = OPSETS_DIR / opset_name(tf, tf_text)
     # one op per line: readable diffs between releases, still compact
     lines = ["{"]
     head = {k: v for k, v in data.items() if k not in ("libraries", "core_ops", "text_ops")}
@@ -169,8 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("pairs", nargs="*", help="tensorflow/tensorflow-text pairs (default: all of PAIRS)")
     p.add_argument("--jobs", type=int, default=2, help="venvs built at once")
     p.add_argument("--drop-venvs", action="store_true", help="afterwards delete venvs the compat test does not use")
+    p.add_argument("--missing", action="store_true", help="only pairs without a generated file")
     args = p.parse_args(argv)
     pairs = [tuple((s.split("/") + [""])[:2]) for s in args.pairs] or PAIRS
+    if args.missing:
+        pairs = [pr for pr in pairs if not (OPSETS_DIR / opset_name(*pr)).is_file()]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for path in pool.map(lambda pr: generate(*pr), pairs):
             pass
