@@ -363,3 +363,22 @@ def test_example_stacks_match_render_when_regenerated():
         files = render_compose(StackOptions(**kw))
         for rel, text in files.items():
             assert (root / name / rel).read_text() == text, f"compose/{name}/{rel} is stale: python -m packager.targets.compose"
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_triton_stack_starts_with_same_limits_when_run_by_compose_v2(engine, cpu_image, triton_repo):
+    """The same file under Compose v2 (`docker compose`): healthy, answers, and the limits apply."""
+    cmd = docker_env.require_compose("v2")
+    http, grpc = docker_env.free_ports(2)
+    opts = StackOptions(target="triton", backend="python", model_name="minilm", image=cpu_image, build=False,
+                        http_port=http, grpc_port=grpc, metrics_port=None, healthcheck_interval="2s",
+                        mem_limit="3g", cpus=1.5)
+    stack = _write_stack(triton_repo, render_compose(opts), "triton-python-v2")
+    with docker_env.stack_up(cmd, stack, f"packagertestv2{os.getpid()}") as proj:
+        c = proj.container(engine, opts.service)
+        docker_env.wait_healthy(c)
+        hc = c.attrs["HostConfig"]
+        assert hc["Memory"] == 3 * 2**30 and hc["NanoCpus"] == 15 * 10**8 and hc["PidsLimit"] == 4096
+        assert {b["HostIp"] for v in hc["PortBindings"].values() for b in v} == {"127.0.0.1"}
+        assert _infer(f"127.0.0.1:{http}", ["compose v2"], "http").shape == (1, 384)
