@@ -95,11 +95,12 @@ class Encoder(PostLNEncoder):
         config: the output of :func:`convert_config`.
         weights: checkpoint name -> array (any ``bert.``/``model.`` prefix).
         pad_token_id: unused by BERT (absolute positions); part of the shared contract.
+        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
 
     Example:
         >>> enc = Encoder(convert_config(hf_config), load_weights(path), pad_token_id=0)
         >>> enc(tf.constant([[101, 2023, 102]], tf.int64), tf.ones([1, 3], tf.int64))
     """
 
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0):
-        super().__init__(**read_bert_style(config, weights, "bert"), padding_idx=None, name="bert")
+    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0, *, unpad: bool = True):
+        super().__init__(**read_bert_style(config, weights, "bert"), padding_idx=None, unpad=unpad, name="bert")

@@ -44,9 +44,10 @@ class Encoder(PostLNEncoder):
         config: the output of :func:`convert_config`.
         weights: checkpoint name -> array (any ``distilbert.`` prefix).
         pad_token_id: unused (absolute positions); part of the shared contract.
+        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
     """
 
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0):
+    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0, *, unpad: bool = True):
         H, I = config["hidden_size"], config["intermediate_size"]
         ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "distilbert")
         word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
@@ -57,4 +58,4 @@ class Encoder(PostLNEncoder):
         ckpt.check()
         super().__init__(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers,
                          num_heads=config["num_heads"], activation=config["hidden_act"],
-                         layer_norm_eps=config["layer_norm_eps"], padding_idx=None, name="distilbert")
+                         layer_norm_eps=config["layer_norm_eps"], padding_idx=None, unpad=unpad, name="distilbert")

@@ -13,6 +13,8 @@ Speed by construction (issue 7), without changing the arithmetic beyond float ro
   TF's oneDNN remapper fuses (with the GELU that follows, where it can);
 - Q, K and V come from ONE ``[H, 3H]`` matmul; the ``1/sqrt(head_dim)`` scale is folded into
   the Q columns at load time;
+- per-token work (embeddings, projections, FFN) runs on the real tokens only, packed as
+  ``[N, H]``; only attention sees the padded ``[B, T]`` layout, so padding costs little;
 - the padding mask (and MPNet's relative position bias) becomes one additive bias tensor per
   call, shared by all layers;
 - token type 0 (the only one single sentences use) is folded into the position table.
@@ -255,8 +257,9 @@ class PostLNEncoder(tf.Module):
     """
 
     def __init__(self, *, word_embeddings, position_embeddings, embed_ln, layers, num_heads, activation,
-                 layer_norm_eps, padding_idx=None, relative_bias=None, name="encoder"):
+                 layer_norm_eps, padding_idx=None, relative_bias=None, unpad=True, name="encoder"):
         super().__init__(name=name)
+        self.unpad = bool(unpad)
         self.hidden_size = int(word_embeddings.shape[1])
         self.num_heads = int(num_heads)
         self.head_dim = self.hidden_size // self.num_heads
@@ -284,27 +287,40 @@ class PostLNEncoder(tf.Module):
         """The forward pass without a ``tf.function`` wrapper (for composing into a bigger graph)."""
         shape = tf.shape(input_ids)
         batch, seq = shape[0], shape[1]
-        h = self._embed(input_ids, seq)
         bias = padding_bias(attention_mask)
         if self.relative_bias is not None:
             bias = bias + self._relative_bias(seq)[tf.newaxis]
-        h = tf.reshape(h, [-1, self.hidden_size])  # 2-D from here on: plain MatMul + BiasAdd
+        flat_ids = tf.reshape(input_ids, [-1])
+        if self.padding_idx is None:
+            flat_pos = tf.reshape(tf.broadcast_to(tf.range(seq, dtype=tf.int64), shape), [-1])
+        else:
+            flat_pos = tf.reshape(positions_from_input_ids(input_ids, self.padding_idx), [-1])
+        if self.unpad:
+            # Per-token work (embeddings, projections, FFN: nearly all FLOPs) runs on the N real
+            # tokens only, packed as [N, H]; attention alone needs the padded [B, T] layout.
+            # ``real``: flat slot of each real token; ``slot``: packed row for each flat slot
+            # (padding points at row 0: those keys are masked out, those queries discarded).
+            flat_mask = tf.reshape(attention_mask, [-1]) > 0
+            real = tf.where(flat_mask)[:, 0]
+            slot = tf.where(flat_mask, tf.cumsum(tf.cast(flat_mask, tf.int64)) - 1, 0)
+            pack, unpack = (lambda x: tf.gather(x, real)), (lambda x: tf.gather(x, slot))
+            flat_ids, flat_pos = pack(flat_ids), pack(flat_pos)
+        else:
+            pack = unpack = tf.identity
+        h = tf.gather(self.word_embeddings, flat_ids) + tf.gather(self.position_embeddings, flat_pos)
+        h = layer_norm(h, self.embed_ln_g, self.embed_ln_b, self.eps)  # 2-D from here on
         act = ACTIVATIONS[self.activation]
         for layer in self.layers:
-            attn = self._attention(h, layer, bias, batch, seq)
+            qkv = unpack(tf.nn.bias_add(tf.matmul(h, layer.qkv_w), layer.qkv_b))  # [B*T, 3H]
+            context = pack(self._attention(qkv, bias, batch, seq))
+            attn = tf.nn.bias_add(tf.matmul(context, layer.o_w), layer.o_b)
             h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, self.eps)
             ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in_w), layer.ffn_in_b))
             ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out_w), layer.ffn_out_b)
             h = layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, self.eps)
+        if self.unpad:
+            h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
         return tf.reshape(h, [batch, seq, self.hidden_size])
-
-    def _embed(self, input_ids, seq):
-        words = tf.gather(self.word_embeddings, input_ids)
-        if self.padding_idx is None:
-            positions = self.position_embeddings[:seq][tf.newaxis]
-        else:
-            positions = tf.gather(self.position_embeddings, positions_from_input_ids(input_ids, self.padding_idx))
-        return layer_norm(words + positions, self.embed_ln_g, self.embed_ln_b, self.eps)
 
     def _relative_bias(self, seq):
         # bias[h, i, j] = table[h, clip(j - i)]: the bucket of every clipped relative position
@@ -314,11 +330,10 @@ class PostLNEncoder(tf.Module):
         rel = tf.clip_by_value(idx[tf.newaxis, :] - idx[:, tf.newaxis], -(span - 1), span - 1) + (span - 1)
         return tf.gather(self.relative_bias, rel, axis=1)  # [heads, T, T]
 
-    def _attention(self, h, layer, bias, batch, seq):
-        qkv = tf.nn.bias_add(tf.matmul(h, layer.qkv_w), layer.qkv_b)  # [B*T, 3H]
+    def _attention(self, qkv, bias, batch, seq):
+        """``[B*T, 3H]`` fused projections -> ``[B*T, H]`` attention context (before the output projection)."""
         qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_dim])
         q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # each [B, heads, T, d]
         scores = tf.matmul(q, k, transpose_b=True) + bias  # Q already carries 1/sqrt(d)
         context = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [B, heads, T, d]
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, self.hidden_size])
-        return tf.nn.bias_add(tf.matmul(context, layer.o_w), layer.o_b)
+        return tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [-1, self.hidden_size])

@@ -86,9 +86,10 @@ class Encoder(PostLNEncoder):
         weights: checkpoint name -> array (any ``mpnet.``/``model.`` prefix).
         pad_token_id: the tokenizer's pad id; positions use HF's fixed ``padding_idx`` of 1
             like the torch model does, whatever this is.
+        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
     """
 
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = PADDING_IDX):
+    def __init__(self, config: dict, weights: dict, pad_token_id: int = PADDING_IDX, *, unpad: bool = True):
         H, I, heads = config["hidden_size"], config["intermediate_size"], config["num_heads"]
         ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "mpnet")
         word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
@@ -106,4 +107,4 @@ class Encoder(PostLNEncoder):
         super().__init__(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers,
                          num_heads=heads, activation=config["hidden_act"], layer_norm_eps=config["layer_norm_eps"],
                          padding_idx=config.get("padding_idx", PADDING_IDX),
-                         relative_bias=relative_bias_table(rel, span), name="mpnet")
+                         relative_bias=relative_bias_table(rel, span), unpad=unpad, name="mpnet")

@@ -32,9 +32,10 @@ class Encoder(PostLNEncoder):
         weights: checkpoint name -> array (any ``roberta.``/``model.`` prefix).
         pad_token_id: the tokenizer's pad id. HF computes positions from the CONFIG's pad id,
             so that one is used; this one only fills in when the config has none.
+        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
     """
 
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = 1):
+    def __init__(self, config: dict, weights: dict, pad_token_id: int = 1, *, unpad: bool = True):
         padding_idx = config.get("padding_idx", pad_token_id)
         super().__init__(**read_bert_style(config, weights, "xlm-roberta"), padding_idx=padding_idx,
-                         name="xlm_roberta")
+                         unpad=unpad, name="xlm_roberta")
