@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from typing import Callable, Sequence
@@ -46,23 +47,32 @@ def _host_port(url: str) -> str:
 
 def triton_http(url: str, model: str, *, version: str = "", input_key: str = INPUT_KEY,
                 output_key: str = OUTPUT_KEY, timeout: float = 120.0) -> Embed:
-    """Embed over Triton's HTTP/REST API (binary tensor data, so any UTF-8 string travels unchanged)."""
+    """Embed over Triton's HTTP/REST API (binary tensor data, so any UTF-8 string travels unchanged).
+
+    The returned function may be called from several threads at once: tritonclient's HTTP client is not
+    thread-safe (it is built on gevent), so each thread gets its own connection.
+    """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(_host_port(url), connection_timeout=timeout, network_timeout=timeout)
+    local = threading.local()
+
+    def client() -> "httpclient.InferenceServerClient":
+        if getattr(local, "client", None) is None:
+            local.client = httpclient.InferenceServerClient(_host_port(url), connection_timeout=timeout,
+                                                            network_timeout=timeout)
+        return local.client
 
     def embed(texts: Sequence[str | bytes]) -> np.ndarray:
         inp = httpclient.InferInput(input_key, [len(texts), 1], "BYTES")
         inp.set_data_from_numpy(_strings(texts), binary_data=True)
         out = httpclient.InferRequestedOutput(output_key, binary_data=True)
         try:
-            result = client.infer(model, [inp], model_version=version, outputs=[out])
+            result = client().infer(model, [inp], model_version=version, outputs=[out])
         except InferenceServerException as exc:
             raise ServerError(f"Triton HTTP {url} model {model!r}: {exc.message()}") from exc
         return result.as_numpy(output_key)
 
-    embed.client = client  # type: ignore[attr-defined]
     return embed
 
 
@@ -84,7 +94,6 @@ def triton_grpc(url: str, model: str, *, version: str = "", input_key: str = INP
             raise ServerError(f"Triton gRPC {url} model {model!r}: {exc.message()}") from exc
         return result.as_numpy(output_key)
 
-    embed.client = client  # type: ignore[attr-defined]
     return embed
 
 

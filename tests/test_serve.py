@@ -102,7 +102,7 @@ def test_server_matches_sentence_transformers_when_batches_of_1_to_64(server, re
 
 
 def test_server_batches_concurrent_requests_when_dynamic_batching(server, references, corpus):
-    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"), concurrency=16)
+    client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"))
 
     def stats():
         s = client.get_inference_statistics("tiny")["model_stats"][0]

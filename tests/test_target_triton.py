@@ -289,3 +289,24 @@ def test_writer_recovers_old_tree_when_killed_between_fallback_renames(tmp_path)
     os.rename(dest, staging / writer._OLD)
     writer.recover(dest)
     assert (dest / "a.txt").read_text() == "old" and not staging.exists()
+
+
+def test_build_tensorflow_backend_ships_op_libraries_of_the_image_tf_when_backend_tensorflow(tmp_path, tiny_export):
+    from packager.oplibs import text_ops_dir
+    from packager.servers import get_server
+
+    srv = get_server("triton-tensorflow")
+    model_dir = build_from_export(tiny_export, target="triton", output=tmp_path / "repo", name="m", backend="tensorflow")
+    cfg = parse_config((model_dir / "config.pbtxt").read_text())
+    manifest = json.loads((tiny_export / "packager.json").read_text())
+    assert cfg.platform == "tensorflow_savedmodel"
+    assert list(cfg.model_operations.op_library_filename) == [f"/models/m/ops/{lib}" for lib in manifest["op_libraries"]]
+    info = json.loads((model_dir / "packager-target.json").read_text())
+    assert info["image"] == srv.image and info["image_tensorflow"] == srv.tensorflow != manifest["tensorflow"]
+    for lib in manifest["op_libraries"]:
+        shipped = (model_dir / "ops" / lib).read_bytes()
+        local = (text_ops_dir() / lib).read_bytes()
+        assert shipped[:4] == b"\x7fELF"
+        assert shipped != local  # built for the image's TF (2.17), not the local one
+    assert not (model_dir / "1" / "model.py").exists()
+    assert (model_dir / "1" / "model.savedmodel" / "saved_model.pb").is_file()
