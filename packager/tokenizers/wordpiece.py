@@ -43,9 +43,7 @@ from .common import (
     InGraphTokenizer,
     RangeTable,
     cached_probe,
-    mask_rows,
     repeat_range,
-    rowids,
     probe_normalizer,
     probe_pretokenizer,
 )
@@ -55,7 +53,7 @@ KEEP, DELETE, PAD, MAPPED = 0, 1, 2, 3
 # pre-tokenizer classes (per normalized code point), low 2 bits; combining class above them
 WORD, SPACE, ISOLATE = 0, 1, 2
 
-SUPPORTED_NORMALIZERS = ("BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents", "Strip", "Sequence")
+SUPPORTED_NORMALIZERS = ("BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents", "Sequence")
 SUPPORTED_PRE_TOKENIZERS = ("BertPreTokenizer", "WhitespaceSplit")
 
 
@@ -98,6 +96,8 @@ class WordPieceTokenizer(InGraphTokenizer):
         >>> tok = WordPieceTokenizer(hf_tok, 256)
         >>> input_ids, attention_mask = tok.tokenize(tf.constant(["Hello world!"]))
     """
+
+    empty_pieces_ok = True  # an empty piece has no word, hence no ids
 
     def __init__(self, hf_tokenizer, max_seq_length: int):
         super().__init__(hf_tokenizer, max_seq_length, name="wordpiece_tokenizer")
@@ -159,10 +159,13 @@ class WordPieceTokenizer(InGraphTokenizer):
         self.max_chars = int(model.get("max_input_chars_per_word", 100))
         prefix = model.get("continuing_subword_prefix", "##")
         self.wordpiece = text.FastWordpieceTokenizer(
-            vocab=tokens, suffix_indicator=prefix, max_bytes_per_word=4 * self.max_chars + 4,
+            vocab=tokens, suffix_indicator=prefix, max_bytes_per_word=max(4 * self.max_chars + 4, 8 * len(self.unk_token)),
             token_out_type=tf.int64, unknown_token=self.unk_token, no_pretokenization=True,
             support_detokenization=False,
         )
+        # a too-long word is replaced by the unknown token's own text, which must give exactly its id
+        if self.wordpiece.tokenize(tf.constant([self.unk_token])).to_list() != [[self.unk_id]]:
+            raise UnsupportedError(f"WordPiece unk_token {self.unk_token!r} does not tokenize to itself")
 
     # -- step 2: the normalizer ---------------------------------------------------------------------
     def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -193,36 +196,34 @@ class WordPieceTokenizer(InGraphTokenizer):
 
     # -- steps 3 and 4: pre-tokenizer and WordPiece -------------------------------------------------
     def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
-        v = pieces.flat_values
-        n = tf.size(v, out_type=tf.int64)
         pieces = pieces.with_row_splits_dtype(tf.int64)
-        rowid = rowids(pieces.row_splits)
+        v = pieces.flat_values
+        splits = pieces.row_splits
+        n = tf.size(v, out_type=tf.int64)
+        # first character of each (non-empty) piece; O(n), no per-character row ids
+        starts = tf.scatter_nd(splits[:-1, None], tf.ones_like(splits[:-1], tf.int32), tf.reshape(n + 1, [1]))
+        piece_start = starts[:-1] > 0
         info = self.pre_classes.lookup(v)
-        pc = info % 4
-        piece_start = tf.range(n) == tf.gather(pieces.row_splits, rowid)
         if self.reorder:
             ccc = info // 4
-            v = tf.cond(tf.reduce_any(ccc > 0), lambda: _canonical_order(v, ccc, piece_start), lambda: v)
-            pc = tf.cond(tf.reduce_any(ccc > 0), lambda: self.pre_classes.lookup(v) % 4, lambda: pc)
+            v, info = tf.cond(tf.reduce_any(ccc > 0),
+                              lambda: _canonical_order(v, info, piece_start), lambda: (v, info))
+        pc = info % 4
         prev_pc = tf.concat([tf.constant([SPACE], tf.int32), pc[:-1]], 0)
         new_word = piece_start | (pc == ISOLATE) | (prev_pc != WORD)
-        keep = pc != SPACE
-        starts = tf.boolean_mask(new_word, keep)
-        wv = tf.boolean_mask(v, keep)
-        words = tf.RaggedTensor.from_row_splits(
-            wv, tf.concat([tf.boolean_mask(tf.range(tf.size(starts, out_type=tf.int64)), starts),
-                           tf.reshape(tf.size(starts, out_type=tf.int64), [1])], 0), validate=False)
-        word_piece = tf.boolean_mask(tf.boolean_mask(rowid, keep), starts)
-        too_long = words.row_lengths() > self.max_chars
-        short = mask_rows(words, ~too_long)
-        ids = self.wordpiece.tokenize(tf.strings.unicode_encode(short, "UTF-8"))
-        ids = ids.with_row_splits_dtype(tf.int64)
-        from .common import _merge_piece_ids
-
-        word_ids = _merge_piece_ids(~too_long, ids, tf.fill(tf.shape(too_long), tf.constant(self.unk_id, tf.int64)))
-        per_piece = tf.math.bincount(tf.cast(word_piece, tf.int32), minlength=tf.cast(pieces.nrows(), tf.int32),
-                                     maxlength=tf.cast(pieces.nrows(), tf.int32), dtype=tf.int64)
-        return tf.RaggedTensor.from_row_lengths(word_ids, per_piece, validate=False).merge_dims(1, 2)
+        kept = tf.where(pc != SPACE)[:, 0]
+        first_kept = tf.where(tf.gather(new_word, kept))[:, 0]  # word starts, as positions in `kept`
+        word_splits = tf.concat([first_kept, tf.reshape(tf.size(kept, out_type=tf.int64), [1])], 0)
+        words = tf.RaggedTensor.from_row_splits(tf.gather(v, kept), word_splits, validate=False)
+        strings = tf.strings.unicode_encode(words, "UTF-8")
+        # HF: a word of more than max_input_chars_per_word characters is the unknown token
+        too_long = word_splits[1:] - word_splits[:-1] > self.max_chars
+        strings = tf.where(too_long, tf.constant(self.unk_token), strings)
+        ids = self.wordpiece.tokenize(strings).with_row_splits_dtype(tf.int64)
+        # words -> pieces: words are in piece order, so the word splits per piece are a search
+        word_piece = tf.searchsorted(splits, tf.gather(kept, first_kept), side="right", out_type=tf.int64) - 1
+        piece_words = tf.searchsorted(word_piece, tf.range(pieces.nrows() + 1), side="left", out_type=tf.int64)
+        return tf.RaggedTensor.from_row_splits(ids.values, tf.gather(ids.row_splits, piece_words), validate=False)
 
 
 _COMBINING: list[np.ndarray] = []
@@ -243,8 +244,9 @@ def _combining_classes() -> np.ndarray:
     return _COMBINING[0]
 
 
-def _canonical_order(v: tf.Tensor, ccc: tf.Tensor, piece_start: tf.Tensor) -> tf.Tensor:
-    """NFD canonical ordering: stable-sort each run of non-starters by combining class."""
+def _canonical_order(v: tf.Tensor, info: tf.Tensor, piece_start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """NFD canonical ordering: stable-sort each run of non-starters by combining class (info // 4)."""
+    ccc = info // 4
     group = tf.cumsum(tf.cast((ccc == 0) | piece_start, tf.int64))
-    key = group * 256 + tf.cast(ccc, tf.int64)
-    return tf.gather(v, tf.argsort(key, stable=True))
+    order = tf.argsort(group * 256 + tf.cast(ccc, tf.int64), stable=True)
+    return tf.gather(v, order), tf.gather(info, order)
