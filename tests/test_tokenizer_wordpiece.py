@@ -111,9 +111,9 @@ def test_wordpiece_ids_match_on_adversarial_strings(case):
     case.assert_same(texts, batch=1)  # batch of one: padding is only the row's own length
 
 
-def test_wordpiece_ids_match_on_random_unicode_from_all_planes(case):
-    rng = random.Random(1234)
-    specials = [t["content"] for t in common.tokenizer_json(case.hf)["added_tokens"]]
+def random_texts(specials: list[str], n: int = 3000, seed: int = 1234) -> list[str]:
+    """Seeded random strings drawn from every plane, with extra weight on the tricky classes."""
+    rng = random.Random(seed)
     cps = common.all_codepoints()
     pools = [
         lambda: chr(int(cps[rng.randrange(cps.size)])),  # any plane, assigned or not
@@ -124,16 +124,17 @@ def test_wordpiece_ids_match_on_random_unicode_from_all_planes(case):
         lambda: chr(rng.randrange(0x1F300, 0x1FAFF)),
         lambda: rng.choice([chr(c) for c in common.WHITE_SPACE] + ["\x1c", "\u200b", "\ufeff", "\x00", "\x85"]),
         lambda: chr(rng.randrange(0, 0x20)),
-        lambda: rng.choice(specials),
+        lambda: rng.choice(specials) if specials else " ",
         lambda: chr(rng.randrange(0x10000, 0x30000)),
         lambda: " ",
     ]
     weights = [6, 6, 3, 2, 2, 1, 2, 1, 1, 1, 4]
-    texts = []
-    for _ in range(3000):
-        n = rng.randrange(0, 40)
-        texts.append("".join(rng.choices(pools, weights)[0]() for _ in range(n)))
-    case.assert_same(texts)
+    return ["".join(rng.choices(pools, weights)[0]() for _ in range(rng.randrange(0, 40))) for _ in range(n)]
+
+
+def test_wordpiece_ids_match_on_random_unicode_from_all_planes(case):
+    specials = [t["content"] for t in common.tokenizer_json(case.hf)["added_tokens"]]
+    case.assert_same(random_texts(specials))
 
 
 def test_wordpiece_invalid_utf8_is_replaced_like_python_decode_replace(case):
@@ -246,6 +247,68 @@ def test_wordpiece_mpnet_variant_with_normalized_mask_and_unk_token(tmp_path, co
     model_dir = tiny_models.make_mpnet(tmp_path, unk_token="<unk>", mask_normalized=True, max_seq_length=32)
     case = Case(model_dir)
     case.assert_same(list(corpus) + adversarial_strings(case) + ["a <MASK> b", "x   <Mask>", "<mask><mask>"])
+
+
+def test_wordpiece_matches_sentence_transformers_do_lower_case_on_a_cased_model(tiny_bert_cased_dense, tmp_path,
+                                                                                corpus):
+    """``do_lower_case: true`` in sentence_bert_config.json puts a Lowercase normalizer in front."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "lower"
+    shutil.copytree(tiny_bert_cased_dense, model_dir)
+    cfg_path = model_dir / "sentence_bert_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["do_lower_case"] = True
+    cfg_path.write_text(json.dumps(cfg))
+    case = Case(model_dir)
+    assert "Lowercase" in case.hf.backend_tokenizer.to_str()
+    case.assert_same(list(corpus) + adversarial_strings(case))
+
+
+@pytest.mark.parametrize("variant", ["nfd-lowercase", "nfkd", "whitespace-split", "no-normalizer"])
+def test_wordpiece_matches_hf_for_other_normalizers_and_pre_tokenizers(tiny_bert, corpus, variant):
+    """Per-character normalizers other than BertNormalizer (NFD keeps marks: canonical reordering
+    matters), and the WhitespaceSplit pre-tokenizer."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    spec = load_spec(tiny_bert)
+    hf = load_hf_tokenizer(spec.transformer, tiny_bert)
+    backend = hf.backend_tokenizer
+    if variant == "nfd-lowercase":
+        backend.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])
+    elif variant == "nfkd":
+        backend.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents()])
+    elif variant == "whitespace-split":
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        backend.normalizer = None
+    tok = WordPieceTokenizer(hf, 48)
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
+    marks = ["a\u0301\u0323b", "e\u0323\u0301", "\u1ea0\u0301", "o\u0328\u0304\u0301", "\u0915\u093c\u094d",
+             "x\u05b0\u05b1\u05b4\u05b0", "q\u0345\u0301\u0300\u0316", "##ab # ## a##b"]
+    texts = list(corpus) + marks + random_texts(["[MASK]", "[SEP]"], n=600, seed=7)
+    for i in range(0, len(texts), 64):
+        chunk = texts[i: i + 64]
+        ids, mask = fn(tf.constant(chunk))
+        exp_ids, exp_mask = _hf_reference(hf, chunk, 48)
+        if ids.shape != exp_ids.shape or not (ids.numpy() == exp_ids).all():
+            for j, t in enumerate(chunk):
+                e, g = _hf_reference(hf, [t], 48)[0][0].tolist(), fn(tf.constant([t]))[0][0].numpy().tolist()
+                assert g == e, f"{variant}: ids differ for {t!r}"
+        np.testing.assert_array_equal(mask.numpy(), exp_mask)
+
+
+def test_wordpiece_rejects_a_normalizer_that_is_not_per_character(tiny_bert):
+    from tokenizers import normalizers
+
+    from packager.errors import UnsupportedError
+
+    spec = load_spec(tiny_bert)
+    hf = load_hf_tokenizer(spec.transformer, tiny_bert)
+    hf.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Replace("ab", "x"), normalizers.Lowercase()])
+    with pytest.raises(UnsupportedError, match="unsupported WordPiece normalizer 'Replace'"):
+        WordPieceTokenizer(hf, 32)
 
 
 # ------------------------------------------------------------------------- shared helpers (common.py)
