@@ -78,7 +78,8 @@ class PipelineSpec:
 
     @property
     def embedding_dim(self) -> int:
-        dim = int(self.transformer.config["hf_config"]["hidden_size"])
+        hf = self.transformer.config["hf_config"]
+        dim = int(hf.get("hidden_size") or hf["dim"])  # DistilBERT's config calls it "dim"
         for mod in self.modules:
             if mod.kind == "Pooling":
                 dim = dim * len(mod.config["modes"])
