@@ -189,10 +189,11 @@ def test_server_fails_only_the_bad_request_when_batched_with_good_ones(server, r
             assert np.abs(r - references["tiny"][i]).max() <= 1e-5
 
 
-@pytest.mark.parametrize("url_attr,protocol", [("http_url", None), ("grpc_url", None), ("http_url", "http")])
-def test_verify_url_passes_parity_when_server_is_live(server, model_dirs, corpus, url_attr, protocol):
-    embed = embedder(getattr(server, url_attr), "minilm", protocol=protocol)
-    report = v.check(corpus, v.reference_model(model_dirs["minilm"]), embed)
+@pytest.mark.parametrize("url_attr,protocol,name", [("http_url", None, "minilm"), ("grpc_url", None, "tiny"),
+                                                     ("grpc_url", "grpc", "tiny")])
+def test_verify_url_passes_parity_when_server_is_live(server, model_dirs, corpus, url_attr, protocol, name):
+    embed = embedder(getattr(server, url_attr), name, protocol=protocol)
+    report = v.check(corpus, v.reference_model(model_dirs[name]), embed)
     assert report.ok, report.render()
 
 
