@@ -266,3 +266,52 @@ def test_serve_cli_prints_endpoints_and_stops_cleanly_when_sent_sigint(tmp_path_
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 8
+input [ { name: "input_sequence" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "length" data_type: TYPE_INT32 dims: [ 1 ] } ]
+"""
+ECHO_MODEL = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "input_sequence").as_numpy().reshape(-1)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("length", np.array([[len(v)] for v in x], np.int32))]))
+        return out
+"""
+_ORPHAN = """
+import sys, time
+from packager.serve import TritonServer
+srv = TritonServer(sys.argv[1], ready_timeout=120).start()
+print(srv.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_server_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    """No tritonserver outlives its owner, even one killed with SIGKILL (no cleanup code runs then)."""
+    (tmp_path / "repo" / "echo" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (tmp_path / "repo" / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+    owner = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(tmp_path / "repo")], stdout=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert Path(f"/proc/{server_pid}").exists()
+        owner.kill()
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 40
+        while Path(f"/proc/{server_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not Path(f"/proc/{server_pid}").exists(), "tritonserver outlived the process that started it"
+    finally:
+        owner.kill()
+        if server_pid and Path(f"/proc/{server_pid}").exists():
+            os.killpg(server_pid, signal.SIGKILL)
