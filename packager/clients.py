@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import urllib.error
@@ -45,12 +46,25 @@ def _host_port(url: str) -> str:
     return url.rstrip("/")
 
 
+def _chunked(send: Embed, max_batch: Callable[[], int], chunk: bool) -> Embed:
+    """Split a long list into requests of at most the model's ``max_batch_size`` (when ``chunk``)."""
+
+    def embed(texts: Sequence[str | bytes]) -> np.ndarray:
+        n = max_batch() if chunk else 0
+        if n <= 0 or len(texts) <= n:
+            return send(texts)
+        return np.concatenate([send(texts[i:i + n]) for i in range(0, len(texts), n)])
+
+    return embed
+
+
 def triton_http(url: str, model: str, *, version: str = "", input_key: str = INPUT_KEY,
-                output_key: str = OUTPUT_KEY, timeout: float = 120.0) -> Embed:
+                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True) -> Embed:
     """Embed over Triton's HTTP/REST API (binary tensor data, so any UTF-8 string travels unchanged).
 
     The returned function may be called from several threads at once: tritonclient's HTTP client is not
-    thread-safe (it is built on gevent), so each thread gets its own connection.
+    thread-safe (it is built on gevent), so each thread gets its own connection. With ``chunk``, a list
+    longer than the model's ``max_batch_size`` is sent as several requests.
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -73,12 +87,19 @@ def triton_http(url: str, model: str, *, version: str = "", input_key: str = INP
             raise ServerError(f"Triton HTTP {url} model {model!r}: {exc.message()}") from exc
         return result.as_numpy(output_key)
 
-    return embed
+    @functools.lru_cache(maxsize=1)
+    def max_batch() -> int:
+        try:
+            return int(client().get_model_config(model, model_version=version).get("max_batch_size", 0))
+        except InferenceServerException as exc:
+            raise ServerError(f"Triton HTTP {url} model {model!r}: {exc.message()}") from exc
+
+    return _chunked(embed, max_batch, chunk)
 
 
 def triton_grpc(url: str, model: str, *, version: str = "", input_key: str = INPUT_KEY,
-                output_key: str = OUTPUT_KEY, timeout: float = 120.0) -> Embed:
-    """Embed over Triton's gRPC API."""
+                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True) -> Embed:
+    """Embed over Triton's gRPC API (``chunk``: as :func:`triton_http`)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -94,7 +115,14 @@ def triton_grpc(url: str, model: str, *, version: str = "", input_key: str = INP
             raise ServerError(f"Triton gRPC {url} model {model!r}: {exc.message()}") from exc
         return result.as_numpy(output_key)
 
-    return embed
+    @functools.lru_cache(maxsize=1)
+    def max_batch() -> int:
+        try:
+            return int(client.get_model_config(model, model_version=version).config.max_batch_size)
+        except InferenceServerException as exc:
+            raise ServerError(f"Triton gRPC {url} model {model!r}: {exc.message()}") from exc
+
+    return _chunked(embed, max_batch, chunk)
 
 
 def tfserving_rest(url: str, model: str, *, version: int | None = None, output_key: str = OUTPUT_KEY,

@@ -351,7 +351,7 @@ def check_parity(srv: "TritonServer", *, corpus=None, echo=print) -> bool:
         model_dir = resolve_model(None if source == DEFAULT_MODEL_NAME else source)[0]
         reference = v.reference_model(model_dir)
         for proto, embed in (("HTTP", triton_http(srv.http_url, model)), ("gRPC", triton_grpc(srv.grpc_url, model))):
-            report = v.check(texts, reference, embed, None)
+            report = v.check(texts, reference, embed, None)  # the clients split batches to max_batch_size
             echo(f"{model} over {proto} vs sentence-transformers ({source or 'default model'}):")
             echo(report.render())
             ok = ok and report.ok

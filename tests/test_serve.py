@@ -134,7 +134,8 @@ BAD_REQUESTS = {
     "wrong shape": (lambda s: _raw_http(s, "BYTES", [2, 2], np.array([[b"a", b"b"], [b"c", b"d"]], dtype=object)),
                     "unexpected shape for input 'input_sequence'"),
     "empty batch": (lambda s: triton_http(s.http_url, "tiny")([]), "got 0"),
-    "too large a batch": (lambda s: triton_grpc(s.grpc_url, "tiny")(["x"] * 65), "batch-size must be <= 64"),
+    "too large a batch": (lambda s: triton_grpc(s.grpc_url, "tiny", chunk=False)(["x"] * 65),
+                          "batch-size must be <= 64"),
     "invalid UTF-8 over HTTP": (lambda s: triton_http(s.http_url, "tiny")([b"ok", b"caf\xc3", b"\xff\xfe"]),
                                 "element 1 is not valid UTF-8"),
     "invalid UTF-8 over gRPC": (lambda s: triton_grpc(s.grpc_url, "tiny")([b"\xc0\xaf"]), "element 0 is not valid UTF-8"),
@@ -153,6 +154,14 @@ def _named_input(name):
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_clients_split_long_lists_into_max_batch_size_requests_when_chunking(server, references, corpus):
+    texts = (corpus * 2)[:150]
+    expected = np.concatenate([references["tiny"]] * 2)[:150]
+    for embed in (triton_http(server.http_url, "tiny"), triton_grpc(server.grpc_url, "tiny")):
+        got = embed(texts)
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
+
+
 def test_server_answers_bad_request_with_clear_error_and_keeps_serving_when_request_is_bad(server, references, corpus, case):
     send, message = BAD_REQUESTS[case]
     with pytest.raises((ServerError, InferenceServerException)) as err:
