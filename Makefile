@@ -31,8 +31,14 @@ $(VENV)/.complete: requirements.txt
 	sed -i "s#$(VENV).tmp#$(VENV)#g" $(VENV).tmp/pyvenv.cfg
 	rm -rf $(VENV) && mv $(VENV).tmp $(VENV) && touch $@
 
+PKG := $(PY) -m packager
+DEMO := build/demo
 demo: venv
-	$(PY) -m packager demo
+	$(PKG) export -o $(DEMO)/export --force
+	$(PKG) verify --export $(DEMO)/export
+	$(PKG) embed --export $(DEMO)/export "How do I reset my password?" "Wie setze ich mein Passwort zurück?" "中文句子"
+	$(PKG) build --target triton -o $(DEMO)/model_repository --force
+	$(PKG) serve $(DEMO)/model_repository --check
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -3,6 +3,7 @@
     packager export [MODEL] -o DIR            one SavedModel: raw strings in, embeddings out
     packager verify [MODEL] --export DIR      parity report against sentence-transformers
     packager verify [MODEL] --url URL --model NAME
+    packager embed  TEXT... --export DIR      print embeddings (or --url URL --model NAME)
     packager build  [MODEL] --target triton|tfserving
     packager serve  [REPO]                    a real local tritonserver (python backend)
 
@@ -73,6 +74,25 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    if args.url:
+        from .clients import embedder
+
+        embed = embedder(args.url, args.model_name, protocol=args.protocol)
+    else:
+        from .graph import load
+        from .verify import graph_functions
+
+        embed, _ = graph_functions(load(args.export))
+    vectors = np.asarray(embed(args.texts))
+    for text, vec in zip(args.texts, vectors):
+        head = " ".join(f"{x:+.4f}" for x in vec[: args.show])
+        print(f"{text[:40]!r:44} dim {vec.shape[0]}  [{head} ...]  |v|={np.linalg.norm(vec):.4f}")
+    return 0
+
+
 def cmd_build(args) -> int:
     from .targets import build
 
@@ -108,6 +128,15 @@ def make_parser() -> argparse.ArgumentParser:
     v.add_argument("--protocol", choices=["http", "grpc", "tfserving"], help="with --url; default: guessed from the URL")
     _add_parity_thresholds(v)
     v.set_defaults(func=cmd_verify)
+
+    m = sub.add_parser("embed", help="embed a few texts with an export (in-process) or a live server, and print them")
+    m.add_argument("texts", nargs="+", help="the texts to embed")
+    m.add_argument("--export", help="an exported SavedModel folder")
+    m.add_argument("--url", help="a live server (as for verify)")
+    m.add_argument("--model", dest="model_name", help="served model name (with --url)")
+    m.add_argument("--protocol", choices=["http", "grpc", "tfserving"])
+    m.add_argument("--show", type=int, default=6, help="how many leading components to print")
+    m.set_defaults(func=cmd_embed)
 
     b = sub.add_parser("build", help="export MODEL and lay it out for a server (Triton or TF-Serving)")
     b.add_argument("model", nargs="?", help=MODEL_HELP)
