@@ -140,10 +140,26 @@ def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, nor
 def make_xlmr(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=400,
               seed=2, hidden=32, layers=2, heads=4, intermediate=37, max_position=130,
               keep_spm_model=True) -> Path:
-    """A tiny XLM-R model with a SentencePiece Unigram model trained by ``sentencepiece``."""
+    """A tiny XLM-R model whose tokenizer is laid out like the real xlm-roberta / multilingual-e5 ones.
+
+    A SentencePiece Unigram model is trained by ``sentencepiece`` with spm's default ids
+    (``<unk>``=0, ``<s>``=1, ``</s>``=2, nmt_nfkc charsmap), exactly like XLM-R's
+    ``sentencepiece.bpe.model``. The HF tokenizer gets the fairseq layout from it: ``<s>``=0,
+    ``<pad>``=1, ``</s>``=2, ``<unk>``=3, spm pieces shifted by one, ``<mask>`` last with
+    ``lstrip=True``; its tokenizer.json holds the Precompiled charsmap normalizer and the Metaspace
+    pre-tokenizer. (transformers 5 can no longer convert the .model file itself here: its
+    ``sentencepiece_model_pb2`` needs protobuf 7 while TF pins 6, so the vocab is passed directly.)
+
+    Args:
+        keep_spm_model: ship ``sentencepiece.bpe.model`` next to tokenizer.json in the saved
+            model; ``False`` ships tokenizer.json only.
+    """
     import sentencepiece as spm
     import torch
     import transformers as tr
+    from tokenizers import AddedToken
+
+    from packager.tokenizers.sentencepiece import model_proto_class
 
     root = Path(root)
     hf_dir = root / "hf"
@@ -152,21 +168,38 @@ def make_xlmr(root: Path, *, max_seq_length=64, pooling="mean", dense=None, norm
     text_file.write_text("\n".join(s.replace("\n", " ") for s in training_text(seed=seed)), encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(text_file), model_prefix=str(root / "spm"), vocab_size=vocab_size, model_type="unigram",
-        character_coverage=0.9995, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2,
+        character_coverage=0.9995, normalization_rule_name="nmt_nfkc", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        minloglevel=2, seed_sentencepiece_size=100000, num_threads=1,
     )
-    (root / "spm.model").rename(hf_dir / "sentencepiece.bpe.model")
-    tok = tr.XLMRobertaTokenizerFast(vocab_file=str(hf_dir / "sentencepiece.bpe.model"))
+    spm_path = hf_dir / "sentencepiece.bpe.model"
+    (root / "spm.model").replace(spm_path)
+    proto = model_proto_class()()
+    proto.ParseFromString(spm_path.read_bytes())
+    assert [p.piece for p in proto.pieces[:3]] == ["<unk>", "<s>", "</s>"]
+    # fairseq: <s> <pad> </s> <unk>, then spm pieces 3.. (id + 1), then <mask>
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(p.piece, p.score) for p in proto.pieces[3:]]
+    vocab += [("<mask>", 0.0)]
+    tok = tr.XLMRobertaTokenizer(
+        vocab=vocab, _spm_precompiled_charsmap=proto.normalizer_spec.precompiled_charsmap,
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True),
+    )
     tok.save_pretrained(str(hf_dir))
-    if not keep_spm_model:
-        (hf_dir / "sentencepiece.bpe.model").unlink(missing_ok=True)
     torch.manual_seed(seed)
     cfg = tr.XLMRobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
                               num_attention_heads=heads, intermediate_size=intermediate,
-                              max_position_embeddings=max_position, pad_token_id=1, type_vocab_size=1)
+                              max_position_embeddings=max_position, pad_token_id=1, bos_token_id=0,
+                              eos_token_id=2, type_vocab_size=1)
     model = tr.XLMRobertaModel(cfg, add_pooling_layer=False)
     _randomize(model, seed)
     model.save_pretrained(str(hf_dir))
-    return _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
+    st_dir = _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
+    # sentence-transformers saves the tokenizer through save_pretrained (tokenizer.json only)
+    if keep_spm_model:
+        (st_dir / spm_path.name).write_bytes(spm_path.read_bytes())
+    else:
+        (st_dir / spm_path.name).unlink(missing_ok=True)
+    return st_dir
 
 
 def _randomize(model, seed: int) -> None:

@@ -1,0 +1,1086 @@
+"""HF-exact SentencePiece (Unigram) tokenization in-graph: XLM-R, multilingual-e5, paraphrase-multilingual.
+
+What the reference does (a ``transformers`` fast tokenizer with a ``tokenizers`` Unigram model, as
+sentence-transformers calls it), and where the in-graph pipeline reproduces each step::
+
+    raw text ──added tokens split out (<s> <pad> </s> <unk> <mask>, mask with lstrip)──▶  common.py
+    each text piece ──normalizer: Precompiled charsmap [, Replace(" {2,}", " ")] [, Lowercase]──▶  here
+    ──pre-tokenizer: [WhitespaceSplit,] Metaspace(▁, prepend_scheme, split)──▶  here
+    ──Unigram Viterbi per pre-token──▶  tensorflow_text.SentencepieceTokenizer (classic op)
+    ──ids──▶ truncate, <s> ... </s>, pad  common.py
+
+The HF pipeline is read from the tokenizer itself (``backend_tokenizer.to_str()``), not assumed:
+transformers 5 rebuilds XLM-R's backend as Precompiled + ``WhitespaceSplit, Metaspace(always)``
+whatever tokenizer.json says, while tokenizers-native files carry ``Replace(" {2,}")`` and a
+splitting Metaspace. Both forms are supported; anything else is refused with a clear error.
+
+Where HF and ``sentencepiece`` differ, and what is done about it:
+
+* **The charsmap is applied per grapheme by HF, per longest match by spm.** HF walks extended
+  grapheme clusters; a cluster shorter than 6 bytes that *starts* with a charsmap key is replaced
+  by the value of the SHORTEST such key (the rest of the cluster is dropped: ``"ﬁ\\u0301" -> "fi"``,
+  ``"e\\u0302\\u0301" -> "ê"``); longer clusters are mapped char by char (NFD Korean jamo and
+  half-width kana + dakuten stay decomposed). spm instead composes them. So the normalizer is NOT
+  run by spm: :class:`PrecompiledNormalizer` reimplements HF's algorithm on code points, with the
+  keys decoded from the charsmap and the grapheme-break rules of UAX #29 (GB3-GB13, incl. GB9c
+  and GB11). The per-code-point break properties come from the ``regex`` package and are then
+  corrected by probing the HF normalizer itself wherever a property changes its output, so the
+  graph follows the Unicode tables inside ``tokenizers``, not TF's or Python's.
+* **Whitespace.** spm strips and collapses whitespace and adds one dummy prefix per sentence; HF
+  splits on Unicode White_Space (or on ``▁`` only) and prefixes ``▁`` per word (``always``), per
+  text piece, or only at offset 0 (``first``), and never when the word already starts with ``▁``.
+  The pre-tokenizer is emulated here; spm only sees finished pre-tokens (identity normalizer, no
+  dummy prefix, no whitespace handling).
+* **The vocabulary.** HF's Unigram lattice contains every vocab entry (``<s>``, ``<pad>``,
+  ``<mask>`` too: ``"＜ｓ＞"`` normalizes to ``"<s>"`` and becomes id 0), while spm never matches
+  control pieces. The in-graph model therefore holds exactly HF's pieces and scores as NORMAL
+  pieces (the unknown piece as UNKNOWN); unknown characters become one ``<unk>`` per run in both.
+* **Ids.** ``sentencepiece.bpe.model`` (used when shipped and consistent with the HF vocab) has
+  spm ids (``<unk>``=0, ``<s>``=1, ``</s>``=2); HF has the fairseq layout (``<s>``=0, ``<pad>``=1,
+  ``</s>``=2, ``<unk>``=3, pieces shifted by one, ``<mask>`` last). A table derived from the two
+  vocabularies maps spm ids to HF ids in-graph. With only ``tokenizer.json`` the model is built
+  from its Unigram vocab and the same table is used.
+* **NUL bytes** are ordinary characters in every op used here (no ``regex_split``); they end up as
+  ``<unk>`` as in HF.
+* **Invalid UTF-8** (a server receives raw bytes): decoded like Python's
+  ``bytes.decode("utf-8", "replace")`` (one U+FFFD per maximal invalid subsequence, see
+  ``common.decode_utf8``); the ids are those of HF on that decoded string. Nothing crashes.
+
+Known limit: spm scores the lattice in float32, HF in float64. Two segmentations whose scores
+differ by less than float32 rounding could be ranked differently; none was seen in the tests.
+
+Ops used: ``SentencepieceOp``/``SentencepieceTokenizeOp`` (``_sentencepiece_tokenizer.so``, in
+TF-Text since 2.0) plus core TF ops; nothing newer than TF-Text 2.12.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import UnsupportedError
+from .common import (
+    N_CODEPOINTS,
+    WHITE_SPACE,
+    CodepointMap,
+    InGraphTokenizer,
+    RangeTable,
+    encode_utf8,
+)
+
+log = logging.getLogger(__name__)
+# explicit tf.while_loop/tf.cond everywhere: autograph would only spend tracing time here
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+def _scoped(name):
+    """Run a graph method under a name scope (readable graphs and profiles)."""
+    def wrap(fn):
+        import functools
+
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with tf.name_scope(name):
+                return fn(*args, **kwargs)
+        return _no_autograph(inner)
+    return wrap
+
+SPM_FILES = ("sentencepiece.bpe.model", "spiece.model", "sentencepiece.model")
+# piece types of sentencepiece_model.proto
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# HF's Precompiled normalizer maps a whole grapheme only when it is shorter than this many bytes
+GRAPHEME_MAX_BYTES = 6
+
+
+# ------------------------------------------------------------------------------------ model proto
+def model_proto_class():
+    """The ``sentencepiece.ModelProto`` message class, whichever module can provide it.
+
+    ``sentencepiece``'s own ``sentencepiece_model_pb2`` needs protobuf >= 7 while TF pins 6, so fall
+    back to the copy inside transformers, or to a class already registered in the default pool.
+    """
+    from google.protobuf import descriptor_pool, message_factory
+
+    try:
+        desc = descriptor_pool.Default().FindMessageTypeByName("sentencepiece.ModelProto")
+        return message_factory.GetMessageClass(desc)
+    except KeyError:
+        pass
+    errors = []
+    for name in ("sentencepiece.sentencepiece_model_pb2", "transformers.utils.sentencepiece_model_pb2_new",
+                 "transformers.utils.sentencepiece_model_pb2"):
+        try:
+            import importlib
+
+            return importlib.import_module(name).ModelProto
+        except Exception as e:  # noqa: BLE001 - version clashes surface as many exception types
+            errors.append(f"{name}: {e}")
+    raise UnsupportedError("cannot load the SentencePiece model proto: " + "; ".join(errors))
+
+
+def check_spm_file(spm_file: Path | None, vocab: Sequence[tuple[str, float]]) -> str:
+    """Check a shipped ``sentencepiece.bpe.model`` against the HF Unigram vocab.
+
+    The graph follows the HF vocab (that is what sentence-transformers runs). The spm file must
+    hold the same pieces with the same scores, its ids mapping to HF ids through the table built
+    from the two vocabularies (fairseq: spm id + 1, ``<unk>`` 0 -> 3, ``<s>`` 1 -> 0, ``</s>`` 2 -> 2).
+
+    Returns:
+        ``"sentencepiece.bpe.model"`` (its name) when it is present and consistent,
+        else ``"tokenizer.json"``.
+    """
+    if spm_file is None or not spm_file.is_file():
+        return "tokenizer.json"
+    proto = model_proto_class()()
+    proto.ParseFromString(spm_file.read_bytes())
+    hf_index = {p: i for i, (p, _) in enumerate(vocab)}
+    problem = _spm_file_mismatch(proto, vocab, hf_index)
+    if problem:
+        log.warning("%s does not match the HF vocab (%s); following tokenizer.json", spm_file.name, problem)
+        return "tokenizer.json"
+    return spm_file.name
+
+
+def spm_to_hf_ids(spm_file: Path, vocab: Sequence[tuple[str, float]]) -> np.ndarray:
+    """The id table from a SentencePiece model to the HF vocab (by piece; unknown -> -1)."""
+    proto = model_proto_class()()
+    proto.ParseFromString(spm_file.read_bytes())
+    hf_index = {p: i for i, (p, _) in enumerate(vocab)}
+    return np.array([hf_index.get(p.piece, -1) for p in proto.pieces], dtype=np.int64)
+
+
+def _spm_file_mismatch(proto, vocab, hf_index) -> str | None:
+    """Why a shipped spm model cannot stand for the HF vocab, or None when it can."""
+    normal = [p for p in proto.pieces if p.type in (NORMAL, USER_DEFINED)]
+    if not normal:
+        return "no normal pieces"
+    missing = [p.piece for p in normal if p.piece not in hf_index]
+    if missing:
+        return f"{len(missing)} pieces not in the HF vocab, e.g. {missing[0]!r}"
+    off = [p.piece for p in normal if np.float32(vocab[hf_index[p.piece]][1]) != np.float32(p.score)]
+    if off:
+        return f"{len(off)} scores differ, e.g. {off[0]!r}"
+    return None
+
+
+# ------------------------------------------------------------------------------------ the charsmap
+@lru_cache(maxsize=8)
+def decode_charsmap(blob: bytes) -> dict[str, str]:
+    """All rules of a SentencePiece ``precompiled_charsmap``: ``{source: replacement}``.
+
+    The blob is a little-endian u32 trie size, a Darts-clone double array, then the replacement
+    strings (NUL-terminated). The trie is walked breadth first, all nodes of a level at once.
+    """
+    if len(blob) < 4:
+        return {}
+    (size,) = struct.unpack_from("<I", blob, 0)
+    units = np.frombuffer(blob, dtype="<u4", count=size // 4, offset=4).astype(np.int64)
+    normalized = np.frombuffer(blob[4 + size:], dtype=np.uint8)
+    n = units.size
+
+    def base_of(pos):
+        u = units[pos]
+        return pos ^ ((u >> 10) << ((u & (1 << 9)) >> 6))
+
+    labels = units & ((1 << 31) | 0xFF)
+    arange = np.arange(1, 256, dtype=np.int64)
+    pos_l, parent_l, byte_l = [np.zeros(1, np.int64)], [np.full(1, -1, np.int64)], [np.zeros(1, np.int64)]
+    frontier, frontier_id, next_id = np.zeros(1, np.int64), np.zeros(1, np.int64), 1
+    while frontier.size:
+        found_pos, found_parent, found_byte = [], [], []
+        for i in range(0, frontier.size, 4096):
+            base = base_of(frontier[i:i + 4096])
+            cand = base[:, None] ^ arange[None, :]
+            ok = (cand < n) & (labels[np.minimum(cand, n - 1)] == arange[None, :])
+            r, c = np.nonzero(ok)
+            found_pos.append(cand[r, c])
+            found_parent.append(frontier_id[i:i + 4096][r])
+            found_byte.append(arange[c])
+        frontier = np.concatenate(found_pos)
+        frontier_id = np.arange(next_id, next_id + frontier.size)
+        next_id += frontier.size
+        pos_l.append(frontier)
+        parent_l.append(np.concatenate(found_parent))
+        byte_l.append(np.concatenate(found_byte))
+    pos, parent, byte = np.concatenate(pos_l), np.concatenate(parent_l), np.concatenate(byte_l)
+    leaf = np.flatnonzero(((units[pos] >> 8) & 1).astype(bool))
+    leaf = leaf[leaf > 0]
+    value = units[base_of(pos[leaf])] & ((1 << 31) - 1)
+    nul = np.flatnonzero(normalized == 0)
+    value_end = nul[np.searchsorted(nul, value)]
+    # key bytes: walk up to the root, all leaves at once (collected right to left)
+    cols = []
+    node = leaf.copy()
+    while (node > 0).any():
+        cols.append(np.where(node > 0, byte[node], 0).astype(np.uint8))
+        node = np.where(node > 0, parent[node], 0)
+    mat = np.stack(cols[::-1], axis=1) if cols else np.zeros((leaf.size, 0), np.uint8)
+    # right-aligned with leading zero bytes (never part of a key: label 0 is the leaf marker)
+    raw = normalized.tobytes()
+    out: dict[str, str] = {}
+    for row, start, end in zip(_rows(mat), value.tolist(),
+                               value_end.tolist()):
+        try:
+            out[row.lstrip(b"\0").decode("utf-8")] = raw[start:end].decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # a key that is not whole characters can never match decoded text
+    return out
+
+
+def _rows(mat: np.ndarray) -> list[bytes]:
+    width = mat.shape[1]
+    flat = mat.tobytes()
+    return [flat[i:i + width] for i in range(0, len(flat), width)] if width else [b""] * mat.shape[0]
+
+
+def pack_utf8(s: str) -> int:
+    """The int64 key the graph computes for a short string: UTF-8 length << 40 | its bytes."""
+    b = s.encode("utf-8")
+    return (len(b) << 40) | int.from_bytes(b, "big")
+
+
+# ------------------------------------------------------------------------------------ graphemes
+# Grapheme_Cluster_Break values (low 4 bits of a property), then flags
+OTHER, CR, LF, CONTROL, EXTEND, ZWJ, RI, PREPEND, SPACING_MARK, L, V, T, LV, LVT = range(14)
+GCB_NAMES = {CR: "CR", LF: "LF", CONTROL: "Control", EXTEND: "Extend", ZWJ: "ZWJ", RI: "Regional_Indicator",
+             PREPEND: "Prepend", SPACING_MARK: "SpacingMark", L: "L", V: "V", T: "T", LV: "LV", LVT: "LVT"}
+EXT_PICT = 1 << 4
+INCB_SHIFT = 5  # 2 bits: 0 none, 1 Consonant, 2 Extend, 3 Linker
+INCB_CONSONANT, INCB_EXTEND, INCB_LINKER = 1, 2, 3
+
+
+@lru_cache(maxsize=1)
+def _regex_properties() -> np.ndarray:
+    """Grapheme-break properties per code point from the ``regex`` package's Unicode tables."""
+    import regex
+
+    every = "".join(map(chr, range(N_CODEPOINTS)))
+    props = np.zeros(N_CODEPOINTS, dtype=np.int32)
+
+    def positions(pattern):
+        return np.fromiter((m.start() for m in regex.finditer(pattern, every)), dtype=np.int64)
+
+    for value, name in GCB_NAMES.items():
+        props[positions(r"\p{Grapheme_Cluster_Break=%s}" % name)] = value
+    props[positions(r"\p{Extended_Pictographic}")] |= EXT_PICT
+    for value, name in ((INCB_CONSONANT, "Consonant"), (INCB_EXTEND, "Extend"), (INCB_LINKER, "Linker")):
+        try:
+            props[positions(r"\p{InCB=%s}" % name)] |= value << INCB_SHIFT
+        except Exception:  # noqa: BLE001 - older regex without InCB: HF probes below still apply
+            break
+    return props
+
+
+def _assigned_probe_set() -> np.ndarray:
+    """Code points whose break properties are worth probing: assigned, not private use, not Han or
+    Hangul syllables (their properties are fixed), not surrogates."""
+    import regex
+
+    every = "".join(map(chr, range(N_CODEPOINTS)))
+    skip = np.zeros(N_CODEPOINTS, dtype=bool)
+    for pattern in (r"\p{Cn}", r"\p{Co}", r"\p{Cs}", r"\p{Ideographic}", r"\p{Hangul_Syllable_Type=LV}",
+                    r"\p{Hangul_Syllable_Type=LVT}"):
+        for m in regex.finditer(pattern + "+", every):
+            skip[m.start():m.end()] = True
+    return np.flatnonzero(~skip)
+
+
+def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:
+    """Per-code-point grapheme-break properties, as HF's Precompiled normalizer observes them.
+
+    Starts from the ``regex`` tables, then asks HF's own normalizer (``normalize``: str -> str)
+    about every property that can change its output, so a Unicode version gap between ``regex``
+    and the ``unicode-segmentation`` crate inside ``tokenizers`` cannot leak into the graph:
+
+    * extends the previous grapheme (GB9/GB9a) - ``"ª" + c`` loses ``c``;
+    * Prepend (GB9b) - ``c + "ª\\u0301"`` keeps the accent;
+    * Extended_Pictographic before ZWJ (GB11) - ``c + ZWJ + "™\\u0301"`` keeps the accent;
+    * InCB Consonant / Linker / Extend (GB9c), with Devanagari probes.
+
+    Probes need their marker keys in the charsmap (nmt_nfkc has them); without them the
+    ``regex`` table is used as is.
+    """
+    props = _regex_properties().copy()
+    gcb = props & 15
+    probe = _assigned_probe_set()
+    k2, acc, zwj, tm = "\u00aa", "\u0301", "\u200d", "\u2122"
+    if not (k2 in keys and tm in keys and normalize(k2 + acc) == keys[k2] and normalize(tm + acc) == keys[tm]):
+        log.info("charsmap lacks the probe keys; grapheme properties from the regex tables only")
+        return props
+
+    def keeps_accent(cps, make):
+        return np.array([normalize(make(chr(c))).endswith(acc) for c in cps], dtype=bool)
+
+    # GB9/GB9a: c joins the grapheme before it (observable for 2- and 3-byte c after a 2-byte key)
+    bmp = probe[(probe >= 0x80) & (probe < 0x10000) & ~np.isin(probe, [0x0D, 0x0A])]
+    single = np.array([normalize(chr(c)) for c in bmp], dtype=object)
+    joined = np.array([normalize(k2 + chr(c)) == keys[k2] for c in bmp], dtype=bool)
+    observable = single != ""
+    is_ext = np.isin(gcb[bmp], [EXTEND, ZWJ, SPACING_MARK])
+    fix_on = bmp[observable & joined & ~is_ext]
+    fix_off = bmp[observable & ~joined & is_ext]
+    props[fix_on] = (props[fix_on] & ~15) | EXTEND
+    props[fix_off] = (props[fix_off] & ~15) | OTHER
+    gcb = props & 15
+    # GB9b: Prepend
+    cand = probe[~np.isin(gcb[probe], [CR, LF, CONTROL, EXTEND, ZWJ, SPACING_MARK])]
+    pre = keeps_accent(cand, lambda c: c + k2 + acc)
+    props[cand[pre & (gcb[cand] != PREPEND)]] = (props[cand[pre & (gcb[cand] != PREPEND)]] & ~15) | PREPEND
+    wrong = cand[~pre & (gcb[cand] == PREPEND)]
+    props[wrong] = (props[wrong] & ~15) | OTHER
+    gcb = props & 15
+    # GB11: Extended_Pictographic (the side before ZWJ; the same property on both sides)
+    cand = probe[~np.isin(gcb[probe], [CR, LF, CONTROL, EXTEND, ZWJ, SPACING_MARK, PREPEND])]
+    ep = keeps_accent(cand, lambda c: c + zwj + tm + acc)
+    props[cand] = np.where(ep, props[cand] | EXT_PICT, props[cand] & ~EXT_PICT)
+    # GB9c: Indic conjunct break, probed with Devanagari KA, VIRAMA and the key QA (U+0958..095F)
+    ka, virama, qa = "\u0915", "\u094d", "\u095b"
+    if qa in keys and normalize(qa + acc) == keys[qa] and normalize(ka + virama + qa + acc).endswith(acc):
+        incb = np.zeros(N_CODEPOINTS, dtype=np.int32)
+        cons = keeps_accent(probe, lambda c: c + virama + qa + acc)
+        ext_like = probe[np.isin(gcb[probe], [EXTEND, ZWJ])]
+        linker = keeps_accent(ext_like, lambda c: ka + c + qa + acc)
+        extend = keeps_accent(ext_like, lambda c: ka + c + virama + qa + acc)
+        incb[ext_like[extend]] = INCB_EXTEND
+        incb[ext_like[linker]] = INCB_LINKER
+        incb[probe[cons]] = INCB_CONSONANT
+        # code points not probed keep the regex value
+        probed = np.zeros(N_CODEPOINTS, dtype=bool)
+        probed[probe] = True
+        old = (props >> INCB_SHIFT) & 3
+        new = np.where(probed, incb, old)
+        props = (props & ~(3 << INCB_SHIFT)) | (new << INCB_SHIFT)
+    return props
+
+
+@_no_autograph
+def _utf8_len(v: tf.Tensor) -> tf.Tensor:
+    return (1 + tf.cast(v >= 0x80, tf.int64) + tf.cast(v >= 0x800, tf.int64) + tf.cast(v >= 0x10000, tf.int64))
+
+
+@_no_autograph
+def _utf8_bytes(v: tf.Tensor) -> tf.Tensor:
+    """The UTF-8 bytes of each code point as one big-endian int64."""
+    v = tf.cast(v, tf.int64)
+    sh, band, bor = tf.bitwise.right_shift, tf.bitwise.bitwise_and, tf.bitwise.bitwise_or
+
+    def cont(x):  # a continuation byte: 10xxxxxx
+        return bor(tf.constant(0x80, tf.int64), band(x, 0x3F))
+
+    def lead(mark, x):
+        return bor(tf.constant(mark, tf.int64), x)
+
+    c1, c2, c3 = cont(v), cont(sh(v, 6)), cont(sh(v, 12))
+    two = lead(0xC0, sh(v, 6)) * 2**8 + c1
+    three = lead(0xE0, sh(v, 12)) * 2**16 + c2 * 2**8 + c1
+    four = lead(0xF0, sh(v, 18)) * 2**24 + c3 * 2**16 + c2 * 2**8 + c1
+    return tf.where(v < 0x80, v, tf.where(v < 0x800, two, tf.where(v < 0x10000, three, four)))
+
+
+@_no_autograph
+def _last_true_before(flags: tf.Tensor, upto: tf.Tensor) -> tf.Tensor:
+    """For each index ``upto[i]``: the largest j <= upto[i] with ``flags[j]``, or -1 (vectorised)."""
+    pos = tf.where(flags)[:, 0]
+    count = tf.cumsum(tf.cast(flags, tf.int64))
+    c = tf.where(upto >= 0, tf.gather(count, tf.maximum(upto, 0)), 0)
+    pos = tf.concat([pos, [-1]], 0)
+    return tf.where(c > 0, tf.gather(pos, tf.maximum(c - 1, 0)), -1)
+
+
+class PrecompiledNormalizer(tf.Module):
+    """HF's ``Precompiled`` normalizer (spm_precompiled's ``normalize_string``) on code points.
+
+    Per extended grapheme cluster g: if ``len(g.encode()) < 6`` and some charsmap key is a prefix of
+    g, g becomes the replacement of the shortest such key; otherwise each character is replaced by
+    its own rule (if any). Grapheme boundaries follow UAX #29 with properties from
+    :func:`grapheme_properties`.
+
+    Args:
+        charsmap: the ``precompiled_charsmap`` bytes.
+    """
+
+    def __init__(self, charsmap: bytes, name: str | None = None):
+        super().__init__(name=name)
+        from tokenizers import normalizers
+
+        keys = decode_charsmap(charsmap)
+        hf = normalizers.Precompiled(charsmap)
+        self.n_rules = len(keys)
+        self.props = RangeTable(grapheme_properties(hf.normalize_str, keys), name="grapheme_props")
+        # rules reachable from the graph: one character, or a prefix of a grapheme < 6 bytes
+        short = {k: v for k, v in keys.items() if len(k.encode("utf-8")) < GRAPHEME_MAX_BYTES}
+        self.max_key_chars = max((len(k) for k in short), default=1)
+        items = sorted(short.items(), key=lambda kv: pack_utf8(kv[0]))
+        lens = np.array([len(v) for _, v in items], dtype=np.int64)
+        self._lens = lens
+        self._splits = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        self._values = np.array([ord(c) for _, v in items for c in v] or [0], dtype=np.int32)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([pack_utf8(k) for k, _ in items], tf.int64), tf.range(len(items), dtype=tf.int64)),
+            default_value=-1,
+        )
+
+    @_no_autograph
+    def breaks(self, v: tf.Tensor, first: tf.Tensor, piece_start: tf.Tensor) -> tf.Tensor:
+        """bool ``[N]``: a grapheme starts at each code point.
+
+        Args:
+            v: code points (all pieces, flat).
+            first: a piece starts at the code point.
+            piece_start: flat index of the first code point of each code point's piece.
+        """
+        n = tf.size(v, out_type=tf.int64)
+        idx = tf.range(n)
+        p = self.props.lookup(v)
+        gcb = tf.bitwise.bitwise_and(p, 15)
+        none = 14  # "no previous character": in no class below
+        prev = tf.where(first, none, tf.gather(gcb, tf.maximum(idx - 1, 0)))
+        cur_bit = tf.bitwise.left_shift(1, gcb)
+        prev_bit = tf.bitwise.left_shift(1, prev)
+
+        def cur_in(*classes):
+            return tf.bitwise.bitwise_and(cur_bit, sum(1 << c for c in classes)) != 0
+
+        def prev_in(*classes):
+            return tf.bitwise.bitwise_and(prev_bit, sum(1 << c for c in classes)) != 0
+
+        ext_pict = tf.bitwise.bitwise_and(p, EXT_PICT) > 0
+        incb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(p, INCB_SHIFT), 3)
+        prev_incb = tf.where(first, 0, tf.gather(incb, tf.maximum(idx - 1, 0)))
+        # the rules that look further back than one character apply only after ZWJ, an Indic
+        # linker/extend or a regional indicator: skip them for batches without any
+        rare = ((ext_pict & (prev == ZWJ)) | ((incb == INCB_CONSONANT) & (prev_incb >= INCB_EXTEND))
+                | ((gcb == RI) & (prev == RI)))
+
+        def far_rules():
+            # GB11: ExtPict Extend* ZWJ x ExtPict
+            j = _last_true_before(gcb != EXTEND, idx - 2)
+            gb11 = ext_pict & (prev == ZWJ) & (j >= piece_start) & tf.gather(ext_pict, tf.maximum(j, 0))
+            # GB9c: Consonant [Extend Linker]* Linker [Extend Linker]* x Consonant
+            j = _last_true_before(incb < INCB_EXTEND, idx - 1)
+            linkers = tf.cumsum(tf.cast(incb == INCB_LINKER, tf.int64))
+            n_link = tf.gather(linkers, tf.maximum(idx - 1, 0)) - tf.gather(linkers, tf.maximum(j, 0))
+            gb9c = ((incb == INCB_CONSONANT) & ~first & (j >= piece_start)
+                    & (tf.gather(incb, tf.maximum(j, 0)) == INCB_CONSONANT) & (n_link > 0))
+            # GB12/13: regional indicators pair up
+            j = _last_true_before(gcb != RI, idx - 1)
+            run = idx - 1 - tf.maximum(j, piece_start - 1)
+            gb12 = (gcb == RI) & (prev == RI) & (run % 2 == 1)
+            return gb11 | gb9c | gb12
+
+        far = tf.cond(tf.reduce_any(rare), far_rules, lambda: tf.zeros_like(first))
+        no_break = (
+            ((prev == L) & cur_in(L, V, LV, LVT))
+            | (prev_in(LV, V) & cur_in(V, T))
+            | (prev_in(LVT, T) & (gcb == T))
+            | cur_in(EXTEND, ZWJ, SPACING_MARK)
+            | (prev == PREPEND)
+            | far
+        )
+        hard = prev_in(CR, LF, CONTROL) | cur_in(CR, LF, CONTROL)
+        cr_lf = (prev == CR) & (gcb == LF)
+        return first | (hard & ~cr_lf) | (~hard & ~no_break)
+
+    @_scoped("sp_normalize")
+    def apply(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Normalize ragged code points ``[P, (chars)]`` -> ``[P, (chars')]``."""
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        v = pieces.flat_values
+        n = tf.size(v, out_type=tf.int64)
+        idx = tf.range(n)
+        starts = pieces.row_splits[:-1]
+        first = tf.scatter_nd(tf.reshape(tf.boolean_mask(starts, starts < n), [-1, 1]),
+                              tf.ones_like(tf.boolean_mask(starts, starts < n), tf.bool), [n])
+        brk = self.breaks(v, first, tf.gather(pieces.row_splits, pieces.value_rowids()))
+        nbytes = _utf8_len(v)
+        ubytes = _utf8_bytes(v)
+        # rule of each single character
+        slot1 = self.table.lookup(nbytes * 2**40 + ubytes)
+
+        def multi_char_graphemes():
+            """Graphemes of several characters and < 6 bytes take the shortest key that is a prefix."""
+            gstart = tf.where(brk)[:, 0]  # [G]
+            gid = tf.cumsum(tf.cast(brk, tf.int64)) - 1
+            g_chars = tf.concat([gstart[1:], tf.reshape(n, [1])], 0) - gstart
+            g_bytes = tf.math.unsorted_segment_sum(nbytes, gid, tf.size(gstart))
+            cand = (g_chars >= 2) & (g_bytes < GRAPHEME_MAX_BYTES)
+            c_start = tf.boolean_mask(gstart, cand)
+            c_chars = tf.boolean_mask(g_chars, cand)
+            found = tf.gather(slot1, c_start)
+            acc_bytes = tf.gather(ubytes, c_start)
+            acc_len = tf.gather(nbytes, c_start)
+            for k in range(1, min(self.max_key_chars, GRAPHEME_MAX_BYTES - 1)):
+                pos = tf.minimum(c_start + k, n - 1)
+                inside = k < c_chars
+                shift = tf.bitwise.left_shift(acc_bytes, 8 * tf.gather(nbytes, pos))
+                acc_bytes = tf.where(inside, shift + tf.gather(ubytes, pos), acc_bytes)
+                acc_len = tf.where(inside, acc_len + tf.gather(nbytes, pos), acc_len)
+                slot_k = self.table.lookup(acc_len * 2**40 + acc_bytes)
+                found = tf.where((found < 0) & inside, slot_k, found)
+            hit = found >= 0
+            hit_start = tf.boolean_mask(c_start, hit)
+            # the grapheme's first character emits the key's replacement, the others nothing
+            char_slot = tf.tensor_scatter_nd_update(slot1, hit_start[:, None], tf.boolean_mask(found, hit))
+            replaced = tf.scatter_nd(hit_start[:, None], tf.ones_like(hit_start), [n])
+            dropped = (tf.gather(tf.gather(replaced, gstart), gid) > 0) & ~brk
+            return char_slot, dropped
+
+        char_slot, dropped = tf.cond(tf.reduce_any(~brk), multi_char_graphemes,
+                                     lambda: (slot1, tf.zeros_like(brk)))
+
+        def rewrite():
+            lens = tf.where(dropped, tf.zeros_like(idx),
+                            tf.where(char_slot >= 0, tf.gather(tf.constant(self._lens), tf.maximum(char_slot, 0)), 1))
+            out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+            src = tf.repeat(idx, lens)
+            within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
+            s = tf.gather(char_slot, src)
+            from_table = tf.gather(tf.constant(self._values),
+                                   tf.gather(tf.constant(self._splits), tf.maximum(s, 0)) + within)
+            values = tf.where(s >= 0, from_table, tf.gather(v, src))
+            return values, tf.gather(out_splits, pieces.row_splits)
+
+        values, new_splits = tf.cond(tf.reduce_any(char_slot >= 0) | tf.reduce_any(dropped), rewrite,
+                                     lambda: (v, pieces.row_splits))
+        return tf.RaggedTensor.from_row_splits(values, new_splits, validate=False)
+
+
+# ------------------------------------------------------------------------------------ Unigram
+class UnigramViterbi(tf.Module):
+    """HF ``Unigram::encode_optimized`` in-graph, in float64, with HF's tie-breaking.
+
+    For every end position e of a pre-token, ``best[e] = max over pieces p = s[st:e] of
+    score(p) + best[st]`` (an unknown character costs ``min(score) - 10`` where no one-character
+    piece matches); on a tie the piece that starts first wins. The path is read back from the
+    end, and consecutive unknowns are fused into one ``unk_id``. Sums are float64 and added in
+    HF's order, so near-ties (repeated text: "hahaha", emoji runs) resolve exactly as in HF,
+    which a float32 SentencePiece lattice does not.
+
+    Pieces are found with a trie stored as a hash table ``(node, code point) -> child``, walked
+    for all positions at once. The dynamic programme steps through positions, vectorised over
+    all pre-tokens of the batch; paths are read back by pointer doubling. Pre-tokens longer than
+    ``long_word`` code points run in a second programme, in chunks, that stops as soon as their
+    first ``max_tokens`` pieces are settled (every best path ending in the last ``max_len``
+    positions passes through the same piece number ``max_tokens``), so a huge word usually costs
+    only what its first ``max_tokens`` pieces need.
+
+    Args:
+        vocab: HF Unigram vocab ``[(piece, score)]`` in id order.
+        unk_id: HF id of the unknown piece.
+        max_tokens: the most pieces a pre-token can contribute (``max_seq_length``).
+    """
+
+    def __init__(self, vocab: Sequence[tuple[str, float]], unk_id: int, max_tokens: int,
+                 long_word: int = 256, chunk: int = 256, name: str | None = None):
+        super().__init__(name=name)
+        children: dict[tuple[int, int], int] = {}
+        node_piece = [-1]
+        for i, (piece, _) in enumerate(vocab):
+            node = 0
+            for ch in piece:
+                key = (node, ord(ch))
+                nxt = children.get(key)
+                if nxt is None:
+                    nxt = children[key] = len(node_piece)
+                    node_piece.append(-1)
+                node = nxt
+            if piece:
+                node_piece[node] = i  # HF's token_to_ids: a repeated piece keeps its last id
+        scores = [float(sc) for _, sc in vocab]
+        unk_score = min(scores) - 10.0 if scores else -10.0  # K_UNK_PENALTY
+        self.max_len = max([len(p) for p, _ in vocab if p] or [1])
+        self.unk_slot = len(vocab)
+        self.unk_id = int(unk_id)
+        self.max_tokens = int(max_tokens)
+        self.long_word = int(long_word)
+        self.chunk = int(chunk)
+        self.n_nodes = len(node_piece)
+        self._scores = np.array(scores + [unk_score, -np.inf], dtype=np.float64)  # last: no piece
+        self._ids = np.array(list(range(len(vocab))) + [unk_id, unk_id], dtype=np.int64)
+        self._node_piece = np.array(node_piece, dtype=np.int32)
+        keys = np.array([(n << 21) | c for n, c in children], dtype=np.int64)
+        vals = np.array(list(children.values()), dtype=np.int64)
+        self.trie = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(vals)), default_value=-1)
+
+    # -- candidates ----------------------------------------------------------------------------
+    @_scoped("sp_candidates")
+    def candidates(self, v: tf.Tensor, row_end: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The pieces ending at each position, longest first: ``(slot int32 [N, L], score f64 [N, L])``.
+
+        Column ``k`` holds the piece of length ``L - k`` ending there (slot ``len(vocab) + 1`` and
+        score -inf: none; slot ``len(vocab)``: an unknown character).
+        """
+        n = tf.size(v, out_type=tf.int64)
+        lm = self.max_len
+        none = self.unk_slot + 1
+        node_piece = tf.constant(self._node_piece)
+        v64 = tf.cast(v, tf.int64)
+        idx = tf.range(n)
+        last = tf.maximum(n - 1, 0)
+
+        # walk the trie one level per step from every start position at once (no compaction: a
+        # dead walk has node -1, whose keys are never in the table), until every walk is dead
+        def body(d, node, ta):
+            at = idx + tf.cast(d - 1, tf.int64)
+            key = node * (1 << 21) + tf.gather(v64, tf.minimum(at, last))
+            child = tf.where((node >= 0) & (at < row_end), self.trie.lookup(key), -1)
+            piece = tf.gather(node_piece, tf.maximum(child, 0))
+            return d + 1, child, ta.write(d - 1, tf.where((child >= 0) & (piece >= 0), piece, none))
+
+        depth, _, ta = tf.while_loop(
+            lambda d, node, ta: (d <= lm) & tf.reduce_any(node >= 0), body,
+            (tf.constant(1), tf.zeros([n], tf.int64),
+             tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
+        levels = depth - 1  # a piece of length d starting at p is in row d-1, column p
+        by_start = tf.cond(levels > 0, ta.stack, lambda: tf.zeros(tf.stack([0, n]), tf.int32))
+        # by end position, longest first: column k holds length L - k, which started at e - L + k + 1
+        k = tf.range(lm)
+        length = lm - k
+        src = idx[:, None] - tf.cast(length - 1, tf.int64)[None, :]  # [N, L]
+        usable = (src >= 0) & (length[None, :] <= levels)
+        flat = tf.reshape(by_start, [-1])
+        gidx = tf.cast(length - 1, tf.int64)[None, :] * n + tf.maximum(src, 0)
+        slot = tf.where(usable, tf.gather(flat, tf.where(usable, gidx, 0)), none)
+        # no one-character piece: the character is unknown
+        last_col = tf.where(tf.equal(slot[:, lm - 1], none), self.unk_slot, slot[:, lm - 1])
+        slot = tf.concat([slot[:, : lm - 1], last_col[:, None]], axis=1)
+        return slot, tf.gather(tf.constant(self._scores), slot)
+
+    # -- the dynamic programme -----------------------------------------------------------------
+    @_no_autograph
+    def _step(self, score, starts, t, window):
+        """One position for every pre-token: the column of the winning piece, the new window."""
+        lm = self.max_len
+        rows = tf.minimum(starts + tf.cast(t - 1, tf.int64), tf.shape(score, out_type=tf.int64)[0] - 1)
+        sc = tf.gather(score, tf.maximum(rows, 0)) + window  # window[:, k] = best[t - (L - k)]
+        best = tf.reduce_max(sc, axis=1)
+        # ties: the first column, i.e. the piece that starts first
+        k = tf.reduce_min(tf.where(tf.equal(sc, best[:, None]), tf.range(lm)[None, :], lm), axis=1)
+        return k, tf.concat([window[:, 1:], best[:, None]], axis=1)
+
+    @_no_autograph
+    def _window0(self, w):
+        lm = self.max_len
+        return tf.concat([tf.fill(tf.stack([w, lm - 1]), tf.constant(-np.inf, tf.float64)),
+                          tf.zeros(tf.stack([w, 1]), tf.float64)], axis=1)
+
+    @_scoped("sp_forward")
+    def _forward(self, score, starts, lens):
+        """Winning column per position ``[T+1, W]`` (row 0 unused) for short pre-tokens.
+
+        The loop only carries the best scores (a window of the last L per pre-token); which piece
+        won is recomputed afterwards for all positions at once, from the very same float64 sums.
+        """
+        w = tf.size(starts)
+        lm = self.max_len
+        big_t = tf.cast(tf.reduce_max(tf.concat([lens, [0]], 0)), tf.int32)
+        n_rows = tf.shape(score, out_type=tf.int64)[0]
+        t_range = tf.range(1, big_t + 1)
+        rows = tf.minimum(starts[None, :] + tf.cast(t_range - 1, tf.int64)[:, None], tf.maximum(n_rows - 1, 0))
+        cand = tf.gather(score, rows)  # [T, W, L]: pieces ending at position t
+        cand_ta = tf.TensorArray(tf.float64, size=big_t, element_shape=[None, lm]).unstack(cand)
+
+        def body(t, window, ta):
+            best = tf.reduce_max(cand_ta.read(t - 1) + window, axis=1, keepdims=True)
+            return t + 1, tf.concat([window[:, 1:], best], axis=1), ta.write(t - 1, best[:, 0])
+
+        _, _, ta = tf.while_loop(lambda t, *_: t <= big_t, body,
+                                 (tf.constant(1), self._window0(w), tf.TensorArray(tf.float64, size=big_t,
+                                                                                    element_shape=[None])))
+        best = tf.concat([tf.zeros([1, w], tf.float64),
+                          tf.cond(big_t > 0, ta.stack, lambda: tf.zeros(tf.stack([0, w]), tf.float64))], axis=0)
+        # the window each position saw: best[t - L + k], -inf before the start
+        src = t_range[:, None] - lm + tf.range(lm)[None, :]  # [T, L]
+        window = tf.where((src >= 0)[:, :, None], tf.gather(best, tf.maximum(src, 0)),
+                          tf.constant(-np.inf, tf.float64))  # [T, L, W]
+        sc = cand + tf.transpose(window, [0, 2, 1])  # [T, W, L]
+        top = tf.reduce_max(sc, axis=2, keepdims=True)
+        # ties: the first column, i.e. the piece that starts first
+        k = tf.reduce_min(tf.where(tf.equal(sc, top), tf.range(lm)[None, None, :], lm), axis=2)
+        return tf.concat([tf.zeros([1, w], tf.int32), k], axis=0)
+
+    @_scoped("sp_long")
+    def _forward_long(self, score, starts, lens):
+        """Like :meth:`_forward` for long pre-tokens, in chunks, stopping where the first
+        ``max_tokens`` pieces are settled. Returns ``(columns [T+1, W], end [W])``."""
+        w = tf.size(starts)
+        lens32 = tf.cast(lens, tf.int32)
+        chunk = self.chunk
+
+        def outer(t0, window, acc, end, next_check):
+            def inner(t, window, ta):
+                k, window = self._step(score, starts, t, window)
+                return t + 1, window, ta.write(t - t0, k)
+
+            t1, window, ta = tf.while_loop(lambda t, *_: t < t0 + chunk, inner,
+                                           (t0, window, tf.TensorArray(tf.int32, size=chunk, element_shape=[None])))
+            acc = tf.concat([acc, ta.stack()], axis=0)
+            last = t1 - 1
+            due = last >= next_check
+            end = tf.cond(due, lambda: self._settle(acc, last, lens32, end), lambda: end)
+            return t1, window, acc, end, tf.where(due, next_check * 2, next_check)
+
+        _, _, acc, end, _ = tf.while_loop(
+            lambda t0, window, acc, end, nc: tf.reduce_any((t0 <= lens32) & (end < 0)),
+            outer,
+            (tf.constant(1), self._window0(w), tf.zeros(tf.stack([1, w]), tf.int32), tf.fill([w], -1),
+             tf.constant(max(self.max_tokens, chunk))),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, self.max_len]), tf.TensorShape([None, None]),
+                              tf.TensorShape([None]), tf.TensorShape([])),
+        )
+        return acc, tf.where(end < 0, lens32, end)
+
+    @_no_autograph
+    def _settle(self, cols, t, lens, end):
+        """Pre-tokens whose first ``max_tokens`` pieces are fixed once position ``t`` is known:
+        their paths from every position in ``(t - L, t]`` share the piece at depth max_tokens."""
+        lm = self.max_len
+        cols = cols[: t + 1]
+        w = tf.shape(cols)[1]
+        parent = _parents(cols, lm)
+        depth = _depths(parent, tf.shape(cols)[0], w)
+        q = tf.maximum(t - tf.range(lm), 0)[:, None] * w + tf.range(w)[None, :]  # flat, [L, W]
+        steps = tf.gather(depth, q) - self.max_tokens
+        anc = _lift(parent, q, steps)
+        same = tf.reduce_all(tf.equal(anc, anc[:1]), axis=0)
+        settled = (end < 0) & (t < lens) & tf.reduce_all(steps >= 0, axis=0) & same
+        return tf.where(settled, anc[0] // w, end)
+
+    @_scoped("sp_paths")
+    def _read_paths(self, cols, end, slot, starts, doubling: bool = False) -> tf.RaggedTensor:
+        """HF ids of the best path ending at ``end[w]`` of each pre-token, consecutive unknowns
+        fused: ``[W, (n)]``. Paths are walked back one piece per step for all pre-tokens at once,
+        or (``doubling``, for very long ones) marked by pointer doubling."""
+        lm = self.max_len
+        t1 = tf.shape(cols)[0]
+        w = tf.shape(cols)[1]
+        cols_flat = tf.reshape(cols, [-1])
+        if doubling:
+            parent = _parents(cols, lm)
+            start = tf.cast(end, tf.int32) * w + tf.range(w)
+            on = tf.scatter_nd(start[:, None], tf.ones([w], tf.int32), [t1 * w])
+            rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
+
+            def body(i, on, jump):
+                reached = tf.math.unsorted_segment_max(on, jump, t1 * w)
+                return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
+
+            _, on, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), on, parent))
+            on = tf.transpose(tf.reshape(on > 0, [t1, w]))  # [W, T+1], position order
+            on = tf.concat([tf.zeros([w, 1], tf.bool), on[:, 1:]], axis=1)  # position 0 is not a piece
+            where = tf.cast(tf.where(on), tf.int32)  # (pre-token, position), sorted
+            ws, pos = where[:, 0], where[:, 1]
+        else:
+            cols_w = tf.range(w)
+
+            def body(i, cur, ta):
+                k = tf.gather(cols_flat, cur * w + cols_w)
+                return i + 1, tf.where(cur > 0, cur - (lm - k), 0), ta.write(i, cur)
+
+            n_iter, _, ta = tf.while_loop(
+                lambda i, cur, ta: tf.reduce_any(cur > 0), body,
+                (tf.constant(0), tf.cast(end, tf.int32),
+                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
+            back = tf.cond(n_iter > 0, lambda: tf.transpose(ta.stack()), lambda: tf.zeros(tf.stack([w, 0]), tf.int32))
+            counts = tf.reduce_sum(tf.cast(back > 0, tf.int32), axis=1)
+            fwd = tf.reverse_sequence(back, counts, seq_axis=1, batch_axis=0)
+            where = tf.cast(tf.where(tf.sequence_mask(counts, n_iter)), tf.int32)
+            ws, pos = where[:, 0], tf.gather_nd(fwd, where)
+        rows = tf.gather(starts, ws) + tf.cast(pos, tf.int64) - 1
+        col = tf.gather(cols_flat, pos * w + ws)
+        slots = tf.gather_nd(slot, tf.stack([rows, tf.cast(col, tf.int64)], axis=1))
+        ids = tf.gather(tf.constant(self._ids), slots)
+        # fuse runs of unknowns (HF fuse_unk)
+        same_row = tf.concat([[False], tf.equal(ws[1:], ws[:-1])], 0)
+        prev_unk = tf.concat([[False], tf.equal(ids[:-1], self.unk_id)], 0)
+        keep = ~(same_row & prev_unk & tf.equal(ids, self.unk_id))
+        ws, ids = tf.boolean_mask(ws, keep), tf.boolean_mask(ids, keep)
+        counts = tf.math.bincount(ws, minlength=w, maxlength=w, dtype=tf.int64)
+        return tf.RaggedTensor.from_row_lengths(ids, counts, validate=False)
+
+    @_no_autograph
+    def encode(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Code points of pre-tokens ``[W, (chars)]`` -> HF ids ``[W, (n)]``."""
+        words = words.with_row_splits_dtype(tf.int64)
+        splits = words.row_splits
+        row_end = tf.gather(splits[1:], words.value_rowids())
+        slot, score = self.candidates(words.flat_values, row_end)
+        starts, lens = splits[:-1], splits[1:] - splits[:-1]
+        long = lens > self.long_word
+        long_sel = tf.where(long)[:, 0]
+        short_sel = tf.where(~long)[:, 0]
+        s_starts, s_lens = tf.gather(starts, short_sel), tf.gather(lens, short_sel)
+        short_ids = self._read_paths(self._forward(score, s_starts, s_lens), tf.cast(s_lens, tf.int32), slot,
+                                     s_starts)
+        l_starts, l_lens = tf.gather(starts, long_sel), tf.gather(lens, long_sel)
+
+        def long_path():
+            cols, end = self._forward_long(score, l_starts, l_lens)
+            ids = self._read_paths(cols, end, slot, l_starts, doubling=True)[:, : self.max_tokens]
+            return ids.flat_values, ids.row_splits
+
+        def no_long():
+            return tf.zeros([0], tf.int64), tf.zeros([1], tf.int64)
+
+        values, splits_ = tf.cond(tf.size(long_sel) > 0, long_path, no_long)
+        long_ids = tf.RaggedTensor.from_row_splits(values, splits_, validate=False)
+        both = tf.concat([short_ids, long_ids], axis=0)
+        inverse = tf.math.invert_permutation(tf.cast(tf.concat([short_sel, long_sel], 0), tf.int32))
+        return tf.gather(both, inverse)
+
+
+@_no_autograph
+def _parents(cols: tf.Tensor, lm: int) -> tf.Tensor:
+    """Flat parent pointers of the best paths: position p -> p - piece length (0 -> 0)."""
+    t1, w = tf.shape(cols)[0], tf.shape(cols)[1]
+    pos = tf.range(t1)[:, None]
+    length = tf.where(pos > 0, lm - cols, 0)
+    return tf.reshape((pos - length) * w + tf.range(w)[None, :], [-1])
+
+
+@_no_autograph
+def _depths(parent: tf.Tensor, t1, w) -> tf.Tensor:
+    """Number of pieces on the best path to each (flat) position, by pointer doubling."""
+    count = tf.reshape(tf.cast(tf.broadcast_to(tf.range(t1)[:, None] > 0, tf.stack([t1, w])), tf.int32), [-1])
+    rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
+
+    def body(i, count, jump):
+        return i + 1, count + tf.gather(count, jump), tf.gather(jump, jump)
+
+    _, count, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), count, parent))
+    return count
+
+
+@_no_autograph
+def _lift(parent: tf.Tensor, q: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+    """The ancestor ``steps`` pieces up from each flat position ``q`` (binary lifting)."""
+    steps = tf.maximum(steps, 0)
+
+    def body(bit, node, jump):
+        take = tf.bitwise.bitwise_and(tf.bitwise.right_shift(steps, bit), 1) > 0
+        return bit + 1, tf.where(take, tf.gather(jump, node), node), tf.gather(jump, jump)
+
+    top = tf.reduce_max(tf.concat([tf.reshape(steps, [-1]), [0]], 0))
+    rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(top, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
+    _, node, _ = tf.while_loop(lambda b, *_: b < rounds, body, (tf.constant(0), q, parent))
+    return node
+
+
+# ------------------------------------------------------------------------------------ other steps
+def _lowercase_map() -> dict[int, list[int]]:
+    """HF ``Lowercase`` (Rust ``char::to_lowercase``) per code point, probed from ``tokenizers``."""
+    from tokenizers import normalizers
+
+    lower = normalizers.Lowercase()
+    cps = [c for c in range(N_CODEPOINTS) if not 0xD800 <= c < 0xE000 and c != 0]
+    text = "\x00".join(map(chr, cps))
+    parts = lower.normalize_str(text).split("\x00")
+    return {c: [ord(x) for x in p] for c, p in zip(cps, parts) if p != chr(c)}
+
+
+@_no_autograph
+def _collapse_spaces(pieces: tf.RaggedTensor) -> tf.RaggedTensor:
+    """``Replace(Regex(" {2,}"), " ")``: keep only the first space of every run."""
+    pieces = pieces.with_row_splits_dtype(tf.int64)
+    v = pieces.flat_values
+    n = tf.size(v, out_type=tf.int64)
+    idx = tf.range(n)
+    starts = tf.gather(pieces.row_splits, pieces.value_rowids())
+    prev_space = (idx > starts) & tf.equal(tf.gather(v, tf.maximum(idx - 1, 0)), 32)
+    return tf.ragged.boolean_mask(pieces, tf.RaggedTensor.from_row_splits(
+        ~(tf.equal(v, 32) & prev_space), pieces.row_splits, validate=False))
+
+
+def _normalizer_steps(normalizer: dict | None) -> list[tuple]:
+    """The HF normalizer as a list of supported steps, or UnsupportedError."""
+    if not normalizer:
+        return []
+    kind = normalizer.get("type")
+    if kind == "Sequence":
+        return [s for n in normalizer.get("normalizers", []) for s in _normalizer_steps(n)]
+    if kind == "Precompiled":
+        import base64
+
+        blob = normalizer.get("precompiled_charsmap")
+        if not blob:
+            return []
+        return [("precompiled", base64.b64decode(blob) if isinstance(blob, str) else bytes(blob))]
+    if kind == "Replace":
+        pattern = normalizer.get("pattern", {})
+        content = normalizer.get("content")
+        if pattern.get("Regex") == " {2,}" and content == " ":
+            return [("collapse_spaces",)]
+        if "String" in pattern and len(pattern["String"]) == 1 and content is not None:
+            return [("replace_char", pattern["String"], content)]
+    if kind == "Lowercase":
+        return [("lowercase",)]
+    raise UnsupportedError(
+        f"unsupported normalizer for a Unigram tokenizer: {json.dumps(normalizer)[:200]}. Supported: "
+        "Precompiled, Replace(' {2,}' -> ' '), Replace(one character), Lowercase, Sequence of those"
+    )
+
+
+def _pre_tokenizer_steps(pre: dict | None) -> tuple[bool, dict | None]:
+    """``(whitespace_split, metaspace config or None)`` or UnsupportedError."""
+    if not pre:
+        return False, None
+    kinds = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    names = [p.get("type") for p in kinds]
+    if names == ["WhitespaceSplit", "Metaspace"] or names == ["Metaspace"] or names == ["WhitespaceSplit"]:
+        ms = kinds[-1] if names[-1] == "Metaspace" else None
+        if ms is not None:
+            scheme = ms.get("prepend_scheme")
+            if scheme is None:  # tokenizers < 0.14 files
+                scheme = "always" if ms.get("add_prefix_space", True) else "never"
+            ms = {"replacement": ms.get("replacement", "\u2581"), "prepend_scheme": scheme,
+                  "split": bool(ms.get("split", True))}
+            if len(ms["replacement"]) != 1 or scheme not in ("always", "first", "never"):
+                raise UnsupportedError(f"unsupported Metaspace settings {ms}")
+        return names[0] == "WhitespaceSplit", ms
+    raise UnsupportedError(
+        f"unsupported pre_tokenizer for a Unigram tokenizer: {names}. Supported: Metaspace, WhitespaceSplit, "
+        "WhitespaceSplit then Metaspace")
+
+
+# ------------------------------------------------------------------------------------ the tokenizer
+class SentencePieceTokenizer(InGraphTokenizer):
+    """In-graph twin of an HF Unigram (SentencePiece) fast tokenizer, e.g. XLM-R's.
+
+    Args:
+        hf_tokenizer: the transformers fast tokenizer as sentence-transformers configures it.
+        module_dir: the Transformer module folder; its ``sentencepiece.bpe.model`` is used when
+            present and consistent with the HF vocab.
+        max_seq_length: truncation length, special tokens included.
+
+    Attributes:
+        pad_id, vocab_size: as the contract in ``packager.tokenizers`` says.
+        vocab_source: ``"sentencepiece.bpe.model"`` or ``"tokenizer.json"``.
+
+    Example::
+
+        tok = SentencePieceTokenizer(hf_tok, Path("model"), 128)
+        ids, mask = tok.tokenize(tf.constant(["Hallo Welt", "<mask> 世界"]))
+    """
+
+    def __init__(self, hf_tokenizer, module_dir, max_seq_length: int):
+        super().__init__(hf_tokenizer, max_seq_length, name="sentencepiece_tokenizer")
+        tj = self.tokenizer_json
+        model = tj.get("model") or {}
+        if model.get("type") != "Unigram":
+            raise UnsupportedError(f"SentencePieceTokenizer needs a Unigram model, got {model.get('type')!r}")
+        if model.get("byte_fallback"):
+            raise UnsupportedError("Unigram models with byte_fallback are not supported")
+        vocab = [(str(p), float(s)) for p, s in model["vocab"]]
+        unk_id = model.get("unk_id")
+        if unk_id is None:
+            raise UnsupportedError("Unigram model without unk_id is not supported")
+
+        # normalizer
+        self._steps = []
+        for step in _normalizer_steps(tj.get("normalizer")):
+            if step[0] == "precompiled":
+                self._steps.append(("precompiled", PrecompiledNormalizer(step[1], name="precompiled")))
+            elif step[0] == "lowercase":
+                self._steps.append(("map", CodepointMap(_lowercase_map(), name="lowercase")))
+            elif step[0] == "replace_char":
+                self._steps.append(("map", CodepointMap({ord(step[1]): [ord(c) for c in step[2]]},
+                                                        name="replace")))
+            else:
+                self._steps.append(step)
+        self._modules = [s[1] for s in self._steps if len(s) > 1 and isinstance(s[1], tf.Module)]
+
+        # pre-tokenizer
+        self.whitespace_split, self.metaspace = _pre_tokenizer_steps(tj.get("pre_tokenizer"))
+        ws = np.zeros(N_CODEPOINTS, dtype=np.int32)
+        ws[WHITE_SPACE] = 1
+        self.white_space = RangeTable(ws, name="white_space")
+
+        # model
+        spm_file = next((Path(module_dir) / f for f in SPM_FILES if (Path(module_dir) / f).is_file()), None)
+        self.vocab_source = check_spm_file(spm_file, vocab)
+        self.unigram = UnigramViterbi(vocab, int(unk_id), self.max_seq_length, name="unigram")
+
+    # -- graph ---------------------------------------------------------------------------------
+    @_no_autograph
+    def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        for step in self._steps:
+            if step[0] == "precompiled":
+                pieces = step[1].apply(pieces)
+            elif step[0] == "map":
+                pieces = step[1].apply(pieces)
+            elif step[0] == "collapse_spaces":
+                pieces = _collapse_spaces(pieces)
+        return pieces
+
+    @_scoped("sp_pretokenize")
+    def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        v = pieces.flat_values
+        n = tf.size(v, out_type=tf.int64)
+        idx = tf.range(n)
+        rowids = pieces.value_rowids()
+        piece_start = tf.gather(pieces.row_splits, rowids)
+        at_start = idx == piece_start
+        if self.whitespace_split:
+            ws = self.white_space.lookup(v) > 0
+            prev_ws = tf.gather(ws, tf.maximum(idx - 1, 0))
+            word_start = ~ws & (at_start | prev_ws)
+            keep = ~ws
+        else:
+            word_start = at_start
+            keep = tf.ones_like(at_start)
+        prepend = tf.zeros_like(at_start)
+        if self.metaspace is not None:
+            repl = ord(self.metaspace["replacement"])
+            v = tf.where(tf.equal(v, 32), repl, v)
+            is_repl = tf.equal(v, repl)
+            scheme = self.metaspace["prepend_scheme"]
+            if scheme == "always":
+                prepend = word_start & ~is_repl
+            elif scheme == "first":
+                # HF prepends only to the split at original offset 0: the first word of the first
+                # piece of a sentence when no whitespace precedes it
+                prepend = word_start & ~is_repl & at_start & tf.gather(is_first, rowids)
+            token_start = word_start | (is_repl & keep) if self.metaspace["split"] else word_start
+        else:
+            token_start = word_start
+        token_start = token_start & keep
+        # code points of the pre-tokens: kept characters, with the replacement prepended where due
+        kept_idx = tf.where(keep)[:, 0]
+        kv = tf.gather(v, kept_idx)
+        kp = tf.gather(prepend, kept_idx)
+        kt = tf.gather(token_start, kept_idx)
+        # only the first max_seq_length pre-tokens of a piece can reach the output (each gives >= 1 id)
+        k_piece = tf.gather(rowids, kept_idx)
+        rank = tf.cumsum(tf.cast(kt, tf.int64)) - 1
+        first_rank = tf.gather(tf.math.unsorted_segment_min(rank, k_piece, pieces.nrows()), k_piece)
+        useful = rank - first_rank < self.max_seq_length
+        kv, kp, kt, k_piece = (tf.boolean_mask(x, useful) for x in (kv, kp, kt, k_piece))
+        lens = 1 + tf.cast(kp, tf.int64)
+        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        src = tf.repeat(tf.range(tf.size(kv, out_type=tf.int64)), lens)
+        within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
+        is_added = tf.gather(kp, src) & (within == 0)
+        repl = ord(self.metaspace["replacement"]) if self.metaspace else 0
+        values = tf.where(is_added, tf.constant(repl, tf.int32), tf.gather(kv, src))
+        tok_first = tf.gather(kt, src) & (within == 0)
+        tok_starts = tf.where(tok_first)[:, 0]
+        tok_splits = tf.concat([tok_starts, tf.reshape(tf.size(values, out_type=tf.int64), [1])], 0)
+        words = tf.RaggedTensor.from_row_splits(values, tok_splits, validate=False)
+        tok_piece = tf.boolean_mask(k_piece, kt)
+        per_tok = self.unigram.encode(words)
+        # group pre-tokens into pieces (every piece, also those without a pre-token)
+        n_pieces = pieces.nrows()
+        counts = tf.math.bincount(tf.cast(tok_piece, tf.int32), minlength=tf.cast(n_pieces, tf.int32),
+                                  maxlength=tf.cast(n_pieces, tf.int32), dtype=tf.int64)
+        piece_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
+        return tf.RaggedTensor.from_row_splits(per_tok, piece_splits, validate=False).merge_dims(1, 2)
