@@ -253,6 +253,11 @@ class PostLNEncoder(tf.Module):
             positions counted from ``padding_idx + 1`` over non-pad ids (XLM-R, MPNet).
         relative_bias: MPNet only: ``[num_heads, 2 * R - 1]`` bias per clipped relative
             position ``-(R-1)..R-1`` (see ``mpnet.py``), or None.
+        unpad: run the per-token layers on real tokens only. Padded positions of the output
+            are then zero (Hugging Face leaves values there that no pooling mode reads), and a
+            non-empty batch must have at least one real token (tokenizers always add specials).
+            False keeps the padded layout throughout and HF's values at padded positions. Both
+            layouts compile under XLA (``jit_compile=True``; not enabled here).
         name: module name.
     """
 
