@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as in production (see packager/cli.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.corpus import make_corpus  # noqa: E402

