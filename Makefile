@@ -21,7 +21,8 @@ venv: $(VENV)/.complete
 	@if [ "$$(cat $(VENV)/.editable 2>/dev/null)" != "$(CURDIR)" ]; then \
 	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . && echo "$(CURDIR)" > $(VENV)/.editable; fi
 
-$(VENV)/.complete: requirements.txt
+# No file prerequisite: the hash in the path is the cache key (a fresh clone has new mtimes).
+$(VENV)/.complete:
 	@echo "building venv $(VENV) (first run only; several minutes)"
 	rm -rf $(VENV).tmp && $(PYTHON) -m venv $(VENV).tmp
 	$(VENV).tmp/bin/pip install -q --upgrade "pip>=24" setuptools wheel
