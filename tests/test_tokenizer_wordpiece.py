@@ -158,6 +158,16 @@ def test_wordpiece_empty_batch_gives_empty_matrices(case):
     assert ids.dtype == tf.int64 and mask.dtype == tf.int64
 
 
+def test_wordpiece_normalize_pieces_gives_hf_normalized_text(case):
+    """The literal normalizer (used to match normalized added tokens) equals ``normalize_str``."""
+    texts = [t for t in random_texts([], n=400, seed=11) + adversarial_strings(case)]
+    rows = common.decode_utf8(tf.constant([t.encode("utf-8") for t in texts]))
+    got = tf.function(case.tok.normalize_pieces)(rows.with_row_splits_dtype(tf.int64)).to_list()
+    norm = case.hf.backend_tokenizer.normalizer
+    for text, cps in zip(texts, got):
+        assert "".join(map(chr, cps)) == (norm.normalize_str(text) if norm else text), repr(text)
+
+
 def test_wordpiece_attributes(case):
     assert case.tok.pad_id == case.hf.pad_token_id
     assert case.tok.vocab_size == len(case.hf)
@@ -313,7 +323,13 @@ def test_wordpiece_rejects_a_normalizer_that_is_not_per_character(tiny_bert):
 
 # ------------------------------------------------------------------------- shared helpers (common.py)
 def test_white_space_table_matches_tokenizers_lstrip():
-    probed = common.probe_white_space()
+    """Every plausible white-space character, and a random sample of all others."""
+    rng = np.random.default_rng(0)
+    cps = common.all_codepoints()
+    plausible = [c for c in range(0x10000) if not 0xD800 <= c < 0xE000
+                 and (chr(c).isspace() or unicodedata.category(chr(c))[0] in "ZC")]
+    probe = sorted(set(plausible) | set(rng.choice(cps, 30000).tolist()) | set(common.WHITE_SPACE))
+    probed = common.probe_white_space(probe)
     expected = np.zeros(common.N_CODEPOINTS, dtype=np.int32)
     expected[common.WHITE_SPACE] = 1
     np.testing.assert_array_equal(np.flatnonzero(probed), np.flatnonzero(expected))

@@ -14,6 +14,9 @@ Unicode code points, one row per text piece)::
     normalize_pieces(pieces) -> pieces          # the HF normalizer (default: identity)
     encode_pieces(pieces, is_first) -> ids      # HF pre-tokenizer + model: RaggedTensor int64 [P, (n)]
 
+and may override ``encode_raw_pieces(pieces, is_first)`` (default: the two chained) to fuse them;
+the pipeline calls it whenever no added token has to be matched on normalized text.
+
 Everything else (added tokens with their ``lstrip``/``rstrip``/``single_word``/``normalized`` flags,
 truncation keeping the end token, the post-processor's special tokens, dynamic padding) is here.
 
@@ -712,6 +715,14 @@ class InGraphTokenizer(tf.Module):
         """Pre-tokenizer + model on normalized text pieces -> int64 ids ``[P, (n)]``."""
         raise NotImplementedError
 
+    def encode_raw_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+        """Normalizer + pre-tokenizer + model on raw text pieces -> int64 ids ``[P, (n)]``.
+
+        What the pipeline calls when no added token is matched on normalized text (the usual
+        case). Override it to fuse the two steps; the default chains the two methods above.
+        """
+        return self.encode_pieces(self.normalize_pieces(pieces), is_first)
+
     # -- the pipeline ----------------------------------------------------------------------------
     # Graph code throughout: no Python control flow on tensors, so autograph must not rewrite it
     # (it mis-converted the tf.cond branches below when a caller's tf.function enabled it).
@@ -735,11 +746,11 @@ class InGraphTokenizer(tf.Module):
     def _content_ids_whole_rows(self, cps: tf.RaggedTensor) -> tf.RaggedTensor:
         """No added token in the batch: every sentence is one text piece."""
         if self.empty_pieces_ok:
-            ids = self.encode_pieces(self.normalize_pieces(cps), tf.ones([cps.nrows()], tf.bool))
+            ids = self.encode_raw_pieces(cps, tf.ones([cps.nrows()], tf.bool))
             return tf.cast(ids, tf.int64).with_row_splits_dtype(tf.int64)
         keep = cps.row_lengths() > 0
         text = mask_rows(cps, keep)
-        ids = self.encode_pieces(self.normalize_pieces(text), tf.ones([text.nrows()], tf.bool))
+        ids = self.encode_raw_pieces(text, tf.ones([text.nrows()], tf.bool))
         ids = tf.cast(ids, tf.int64).with_row_splits_dtype(tf.int64)
         return _merge_piece_ids(keep, ids, tf.zeros_like(keep, tf.int64), added_len=0)
 
@@ -747,13 +758,14 @@ class InGraphTokenizer(tf.Module):
         pieces = self.raw_matcher.split(cps)
         is_text = pieces.token_id < 0
         text = mask_rows(pieces.codepoints, is_text)
-        normalized = self.normalize_pieces(text)
         if self.norm_matcher.n_patterns:
             # put the normalized text back in place, then split it on the normalized added tokens
-            pieces = _split_normalized(pieces, normalized, self.norm_matcher)
+            pieces = _split_normalized(pieces, self.normalize_pieces(text), self.norm_matcher)
             is_text = pieces.token_id < 0
             normalized = mask_rows(pieces.codepoints, is_text)
-        text_ids = self.encode_pieces(normalized, tf.boolean_mask(pieces.is_first, is_text))
+            text_ids = self.encode_pieces(normalized, tf.boolean_mask(pieces.is_first, is_text))
+        else:
+            text_ids = self.encode_raw_pieces(text, tf.boolean_mask(pieces.is_first, is_text))
         text_ids = tf.cast(text_ids, tf.int64).with_row_splits_dtype(tf.int64)
         per_piece = _merge_piece_ids(is_text, text_ids, pieces.token_id)
         return tf.RaggedTensor.from_row_splits(per_piece.values, tf.gather(per_piece.row_splits, pieces.row_splits),
@@ -828,21 +840,26 @@ def probe_word_chars() -> np.ndarray:
     return out
 
 
-def probe_white_space() -> np.ndarray:
-    """0/1 per code point: Rust regex ``\\s`` as ``tokenizers``' lstrip sees it (for tests)."""
+def probe_white_space(codepoints: Iterable[int] | None = None) -> np.ndarray:
+    """0/1 per code point: Rust regex ``\\s`` as ``tokenizers``' lstrip sees it (for tests).
+
+    Probes ``c + M`` for each code point c (all of them by default; about 15 s), where M is an
+    lstrip added token: M swallows c exactly when c is white space.
+    """
     from tokenizers import AddedToken as HFAddedToken
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
 
+    marker = "\U0010FFFD"
     tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.add_special_tokens([HFAddedToken("\U0010FFFD", lstrip=True, normalized=False)])
-    cps = all_codepoints()
+    tok.add_special_tokens([HFAddedToken(marker, lstrip=True, normalized=False)])
+    cps = all_codepoints() if codepoints is None else np.asarray(list(codepoints), dtype=np.int64)
     out = np.zeros(N_CODEPOINTS, dtype=np.int32)
-    chunk = 1 << 16
-    for i in range(0, cps.size, chunk):
-        part = cps[i: i + chunk]
-        encs = tok.encode_batch([chr(int(c)) + "\U0010FFFD" for c in part], add_special_tokens=False)
+    for i in range(0, cps.size, 1 << 16):
+        part = cps[i: i + (1 << 16)]
+        encs = tok.encode_batch([chr(int(c)) + marker for c in part], add_special_tokens=False)
         out[part] = np.array([len(e.ids) == 1 for e in encs], dtype=np.int32)
+    out[0x10FFFD] = 0
     return out
 
 

@@ -5,24 +5,27 @@ What the HF fast tokenizer does, and how the graph reproduces it:
 1. Added tokens (``[CLS]``, ``[MASK]``, ``<mask>`` with lstrip, ...) are split out of the raw text
    first: :class:`~packager.tokenizers.common.InGraphTokenizer`.
 2. The normalizer (``BertNormalizer``: clean text, pad CJK ideographs with spaces, NFD + drop
-   accents, lower-case; or a ``Sequence`` of ``Lowercase``/``NFD``/``StripAccents``...) acts on each
-   character on its own, so at export time every code point 0..0x10FFFF is run through the HF
-   normalizer itself and the result is stored compactly:
-
-   * a range table of classes: keep / delete / pad-with-spaces (CJK) / mapped;
-   * a hash table for the few thousand "mapped" code points (lower-casing, NFD, whitespace -> " ").
+   accents, lower-case; or a ``Sequence`` of ``Lowercase``/``NFD``/``NFKD``/``StripAccents``) acts on
+   each character on its own, so at export time every code point 0..0x10FFFF is run through the
+   HF normalizer itself and the result is stored compactly, in one two-level table giving per
+   code point: keep-or-map-to-one-character (with the target as an offset), delete, or expand to
+   several characters (a small hash table, e.g. Hangul syllables -> jamo); plus the pre-tokenizer
+   class of the resulting character. A CJK character padded with spaces becomes an "isolated"
+   character (same words, no re-layout). Batches where every character maps to exactly one
+   character (nearly all real text) skip the re-layout entirely.
 
    Deriving the tables from HF (instead of trusting TF's ``\\p{..}`` classes, ``tf.strings.lower``
    or ``normalize_utf8``) is what makes the result exact: the Unicode version inside
    ``tokenizers`` differs from TF's, ``tf.strings.lower`` maps a final Σ to ς and stops at NUL,
    and TF's case folding does compatibility mappings HF does not do.
    Where the normalizer decomposes (NFD), combining marks that survive are put in canonical order
-   (a stable sort by combining class inside each run of non-starters), as HF's NFD does.
+   (a stable sort by combining class inside each run of non-starters), as HF's NFD does. The
+   combining classes come from Python's ``unicodedata``.
 3. The pre-tokenizer (``BertPreTokenizer``: split on whitespace, isolate punctuation) is probed
    the same way, per code point: part of a word / dropped separator / one-character word.
 4. Each word goes through ``text.FastWordpieceTokenizer(no_pretokenization=True)``; words of more
    than ``max_input_chars_per_word`` characters (HF counts characters, TF would count bytes)
-   become the unknown token without being tokenized.
+   are replaced by the unknown token's own text first (checked at export to give exactly its id).
 5. Truncation, the post-processor's special tokens and padding: ``common.finalize``.
 
 Invalid UTF-8 becomes U+FFFD (like ``bytes.decode("utf-8", "replace")``); see ``common``.
@@ -48,10 +51,17 @@ from .common import (
     probe_pretokenizer,
 )
 
-# normalizer classes (per input code point)
-KEEP, DELETE, PAD, MAPPED = 0, 1, 2, 3
-# pre-tokenizer classes (per normalized code point), low 2 bits; combining class above them
+# Per input code point, one int32 from one table lookup (two gathers) says everything the common
+# case needs:  bits 0-1  normalizer class: KEEP (kept, or mapped to exactly one character), DELETE,
+#                        or EXPAND (several characters: a hash-table lookup, only when present);
+#              bits 2-3  pre-tokenizer class of the output character: WORD, SPACE or ISOLATE;
+#              bit  4    the output character has a non-zero combining class (NFD reordering);
+#              bit  5    CJK padding: HF writes " c " (only re-created by ``normalize_pieces``);
+#              bits 6-   output code point minus input code point, plus DELTA_OFFSET.
+# CJK padding (" c ") is "c as an ISOLATE character": same words, no expansion.
+KEEP, DELETE, EXPAND = 0, 1, 2
 WORD, SPACE, ISOLATE = 0, 1, 2
+DELTA_OFFSET = N_CODEPOINTS
 
 SUPPORTED_NORMALIZERS = ("BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents", "Sequence")
 SUPPORTED_PRE_TOKENIZERS = ("BertPreTokenizer", "WhitespaceSplit")
@@ -111,38 +121,45 @@ class WordPieceTokenizer(InGraphTokenizer):
         _check_pre_tokenizer(tj.get("pre_tokenizer"))
         backend = hf_tokenizer.backend_tokenizer
 
-        # -- normalizer, probed per code point
+        # -- normalizer and pre-tokenizer, probed per code point (cached on disk)
         probed = cached_probe("normalizer", backend.normalizer, probe_normalizer)
-        keys, lens, starts = probed.keys, probed.lengths, probed.splits[:-1]
-        chars = probed.chars
-        at = lambda off: chars[np.minimum(starts + off, max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
-        is_pad = (lens == 3) & (at(0) == 32) & (at(1) == keys) & (at(2) == 32)
-        is_del = lens == 0
-        is_map = ~is_pad & ~is_del
-        classes = np.zeros(N_CODEPOINTS, dtype=np.int32)
-        classes[keys[is_del]] = DELETE
-        classes[keys[is_pad]] = PAD
-        classes[keys[is_map]] = MAPPED
-        sp = probed.splits
-        table = {int(k): chars[sp[i]: sp[i + 1]].tolist() for i, k in zip(np.flatnonzero(is_map), keys[is_map])}
-        self.norm_classes = RangeTable(classes, name="normalizer_classes")
-        self.norm_map = CodepointMap(table, name="normalizer_map")
-
-        # -- pre-tokenizer classes (+ canonical combining class where NFD reorders)
-        pre = cached_probe("pre_tokenizer", backend.pre_tokenizer, probe_pretokenizer).copy()
-        if self.decomposes:
-            ccc = _combining_classes()
-            changed = np.zeros(N_CODEPOINTS, dtype=bool)
-            changed[keys] = True
-            produced = np.zeros(N_CODEPOINTS, dtype=bool)
-            produced[chars] = True
-            survives = ccc > 0
-            survives &= ~changed | produced  # kept as is, or produced by some mapping
-            pre[survives] |= ccc[survives] << 2
-            self.reorder = bool(survives.any())
-        else:
-            self.reorder = False
-        self.pre_classes = RangeTable(pre, name="pre_tokenizer_classes")
+        pre = cached_probe("pre_tokenizer", backend.pre_tokenizer, probe_pretokenizer)
+        ccc = _combining_classes() if self.decomposes else np.zeros(N_CODEPOINTS, dtype=np.int32)
+        keys, lens, chars, sp = probed.keys, probed.lengths, probed.chars, probed.splits
+        first = chars[np.minimum(sp[:-1], max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
+        mid = chars[np.minimum(sp[:-1] + 1, max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
+        last = chars[np.minimum(sp[:-1] + 2, max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
+        one = lens == 1
+        pad = (lens == 3) & (first == 32) & (last == 32) & (pre[mid] == WORD) & (ccc[mid] == 0) & (pre[32] == SPACE)
+        out_cp = np.arange(N_CODEPOINTS, dtype=np.int64)  # output character of KEEP code points
+        out_cp[keys[one]] = first[one]
+        out_cp[keys[pad]] = mid[pad]
+        ncls = np.zeros(N_CODEPOINTS, dtype=np.int64)
+        ncls[keys[lens == 0]] = DELETE
+        expand = ~one & ~pad & (lens > 0)
+        ncls[keys[expand]] = EXPAND
+        pclass = pre[out_cp].astype(np.int64)
+        pclass[keys[pad]] = ISOLATE
+        has_ccc = (ccc[out_cp] > 0).astype(np.int64)
+        is_pad = np.zeros(N_CODEPOINTS, dtype=np.int64)
+        is_pad[keys[pad]] = 1
+        info = ((out_cp - np.arange(N_CODEPOINTS) + DELTA_OFFSET) << 6) | (is_pad << 5) | (has_ccc << 4) \
+            | (pclass << 2) | ncls
+        info[(ncls != KEEP)] &= 0x3F  # no offset for deleted / expanded code points
+        self.char_info = RangeTable(info, name="char_info")
+        self.expansions = CodepointMap(
+            {int(k): chars[sp[i]: sp[i + 1]].tolist() for i, k in zip(np.flatnonzero(expand), keys[expand])},
+            name="expansions")
+        # for expanded / already-normalized text: classes of arbitrary output characters
+        self.pre_classes = RangeTable(pre | ((ccc > 0).astype(np.int32) << 2), name="pre_tokenizer_classes")
+        # canonical reordering is needed only if a combining mark can survive the normalizer
+        produced = np.zeros(N_CODEPOINTS, dtype=bool)
+        produced[chars] = True
+        changed = np.zeros(N_CODEPOINTS, dtype=bool)
+        changed[keys] = True
+        self.reorder = bool(((ccc > 0) & (~changed | produced)).any())
+        if self.reorder:
+            self.combining = RangeTable(ccc, name="combining_classes")
 
         # -- the WordPiece model
         vocab: dict[str, int] = model["vocab"]
@@ -167,48 +184,85 @@ class WordPieceTokenizer(InGraphTokenizer):
         if self.wordpiece.tokenize(tf.constant([self.unk_token])).to_list() != [[self.unk_id]]:
             raise UnsupportedError(f"WordPiece unk_token {self.unk_token!r} does not tokenize to itself")
 
-    # -- step 2: the normalizer ---------------------------------------------------------------------
-    def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
-        v = pieces.flat_values
-        n = tf.size(v, out_type=tf.int64)
-        cls = self.norm_classes.lookup(v)
-        is_mapped = cls == MAPPED
-        lens = tf.gather(tf.constant([1, 0, 3, 0], tf.int64), cls)
-        if self.norm_map.size:
-            where_m = tf.where(is_mapped)
-            slot_m = self.norm_map.table.lookup(tf.cast(tf.gather(v, where_m[:, 0]), tf.int64))
-            slot = tf.scatter_nd(where_m, slot_m + 1, tf.reshape(n, [1])) - 1
-            safe = tf.maximum(slot, 0)
-            lens += tf.where(is_mapped, tf.gather(tf.constant(self.norm_map._lens_np), safe), 0)
-        splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
-        total = splits[-1]
-        src = repeat_range(lens)
-        within = tf.range(total) - tf.gather(splits, src)
-        src_cls = tf.gather(cls, src)
-        out = tf.gather(v, src)
-        out = tf.where((src_cls == PAD) & (within != 1), 32, out)
-        if self.norm_map.size:
-            values = tf.constant(self.norm_map._values_np)
-            at = tf.gather(tf.constant(self.norm_map._splits_np), tf.gather(safe, src)) + within
-            from_map = tf.gather(values, tf.minimum(at, self.norm_map._values_np.size - 1))
-            out = tf.where(src_cls == MAPPED, from_map, out)
-        return tf.RaggedTensor.from_row_splits(out, tf.gather(splits, pieces.row_splits), validate=False)
-
-    # -- steps 3 and 4: pre-tokenizer and WordPiece -------------------------------------------------
-    def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+    # -- the graph ------------------------------------------------------------------------------------
+    def encode_raw_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+        """Normalizer + pre-tokenizer + WordPiece on raw text pieces, fused (the common path)."""
         pieces = pieces.with_row_splits_dtype(tf.int64)
         v = pieces.flat_values
-        splits = pieces.row_splits
-        n = tf.size(v, out_type=tf.int64)
-        # first character of each (non-empty) piece; O(n), no per-character row ids
-        starts = tf.scatter_nd(splits[:-1, None], tf.ones_like(splits[:-1], tf.int32), tf.reshape(n + 1, [1]))
-        piece_start = starts[:-1] > 0
-        info = self.pre_classes.lookup(v)
+        info = self.char_info.lookup(v)
+
+        def one_to_one():  # every character stays one character: no re-layout at all
+            out = v + (tf.bitwise.right_shift(info, 6) - DELTA_OFFSET)
+            return out, tf.bitwise.bitwise_and(tf.bitwise.right_shift(info, 2), 7), pieces.row_splits
+
+        def general():
+            return self._expand(v, info, pieces.row_splits)
+
+        out, cls, splits = tf.cond(tf.reduce_any(tf.bitwise.bitwise_and(info, 3) != KEEP), general, one_to_one)
+        return self._words_to_ids(out, cls, splits)
+
+    def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
+        """The HF normalizer alone (used when some added token is matched on normalized text)."""
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        out, cls, splits = self._expand(pieces.flat_values, self.char_info.lookup(pieces.flat_values),
+                                        pieces.row_splits, literal=True)
         if self.reorder:
-            ccc = info // 4
-            v, info = tf.cond(tf.reduce_any(ccc > 0),
-                              lambda: _canonical_order(v, info, piece_start), lambda: (v, info))
-        pc = info % 4
+            out, _ = tf.cond(tf.reduce_any(cls >= 4),
+                             lambda: self._canonical_order(out, cls, _piece_starts(splits, tf.size(out, tf.int64))),
+                             lambda: (out, cls))
+        return tf.RaggedTensor.from_row_splits(out, splits, validate=False)
+
+    def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
+        """Pre-tokenizer + WordPiece on already normalized pieces."""
+        pieces = pieces.with_row_splits_dtype(tf.int64)
+        return self._words_to_ids(pieces.flat_values, self.pre_classes.lookup(pieces.flat_values),
+                                  pieces.row_splits)
+
+    def _expand(self, v, info, splits, literal: bool = False):
+        """Normalize with re-layout: deletions and one-to-many mappings. Returns (chars, classes, splits).
+
+        ``literal``: give HF's exact normalized text (CJK padded with spaces) instead of marking
+        padded characters as isolated.
+        """
+        n = tf.size(v, out_type=tf.int64)
+        ncls = tf.bitwise.bitwise_and(info, 3)
+        lens = tf.cast(ncls == KEEP, tf.int64)
+        if literal:
+            lens += 2 * tf.cast(tf.bitwise.bitwise_and(info, 32) > 0, tf.int64)
+        if self.expansions.size:
+            is_exp = ncls == EXPAND
+            where_e = tf.where(is_exp)
+            slot_e = self.expansions.table.lookup(tf.cast(tf.gather(v, where_e[:, 0]), tf.int64))
+            slot = tf.scatter_nd(where_e, slot_e + 1, tf.reshape(n, [1])) - 1
+            safe = tf.maximum(slot, 0)
+            lens += tf.where(is_exp, tf.gather(tf.constant(self.expansions._lens_np), safe), 0)
+        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        src = repeat_range(lens)
+        src_info = tf.gather(info, src)
+        out = tf.gather(v, src) + (tf.bitwise.right_shift(src_info, 6) - DELTA_OFFSET)
+        cls = tf.bitwise.bitwise_and(tf.bitwise.right_shift(src_info, 2), 7)
+        if literal or self.expansions.size:
+            within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
+        if literal:
+            padding = (tf.bitwise.bitwise_and(src_info, 32) > 0) & (within != 1)
+            out = tf.where(padding, 32, out)
+            cls = tf.where(padding, SPACE, cls)
+        if self.expansions.size:
+            from_exp = tf.bitwise.bitwise_and(src_info, 3) == EXPAND
+            at = tf.gather(tf.constant(self.expansions._splits_np), tf.gather(safe, src)) + within
+            exp_values = tf.gather(tf.constant(self.expansions._values_np),
+                                   tf.minimum(at, self.expansions._values_np.size - 1))
+            out = tf.where(from_exp, exp_values, out)
+            cls = tf.where(from_exp, self.pre_classes.lookup(out), cls)
+        return out, cls, tf.gather(out_splits, splits)
+
+    def _words_to_ids(self, v, cls, splits):
+        """Characters with their pre-tokenizer class -> words -> WordPiece ids, per piece."""
+        piece_start = _piece_starts(splits, tf.size(v, out_type=tf.int64))
+        if self.reorder:
+            v, cls = tf.cond(tf.reduce_any(cls >= 4),
+                             lambda: self._canonical_order(v, cls, piece_start), lambda: (v, cls))
+        pc = tf.bitwise.bitwise_and(cls, 3)
         prev_pc = tf.concat([tf.constant([SPACE], tf.int32), pc[:-1]], 0)
         new_word = piece_start | (pc == ISOLATE) | (prev_pc != WORD)
         kept = tf.where(pc != SPACE)[:, 0]
@@ -222,8 +276,16 @@ class WordPieceTokenizer(InGraphTokenizer):
         ids = self.wordpiece.tokenize(strings).with_row_splits_dtype(tf.int64)
         # words -> pieces: words are in piece order, so the word splits per piece are a search
         word_piece = tf.searchsorted(splits, tf.gather(kept, first_kept), side="right", out_type=tf.int64) - 1
-        piece_words = tf.searchsorted(word_piece, tf.range(pieces.nrows() + 1), side="left", out_type=tf.int64)
+        piece_words = tf.searchsorted(word_piece, tf.range(tf.size(splits, out_type=tf.int64)), side="left",
+                                      out_type=tf.int64)
         return tf.RaggedTensor.from_row_splits(ids.values, tf.gather(ids.row_splits, piece_words), validate=False)
+
+    def _canonical_order(self, v, cls, piece_start):
+        """NFD canonical ordering: stable-sort each run of non-starters by combining class."""
+        ccc = self.combining.lookup(v)
+        group = tf.cumsum(tf.cast((ccc == 0) | piece_start, tf.int64))
+        order = tf.argsort(group * 256 + tf.cast(ccc, tf.int64), stable=True)
+        return tf.gather(v, order), tf.gather(cls, order)
 
 
 _COMBINING: list[np.ndarray] = []
@@ -244,9 +306,7 @@ def _combining_classes() -> np.ndarray:
     return _COMBINING[0]
 
 
-def _canonical_order(v: tf.Tensor, info: tf.Tensor, piece_start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """NFD canonical ordering: stable-sort each run of non-starters by combining class (info // 4)."""
-    ccc = info // 4
-    group = tf.cumsum(tf.cast((ccc == 0) | piece_start, tf.int64))
-    order = tf.argsort(group * 256 + tf.cast(ccc, tf.int64), stable=True)
-    return tf.gather(v, order), tf.gather(info, order)
+def _piece_starts(splits: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """bool ``[n]``: the character is the first of its (non-empty) piece. O(pieces) scatter."""
+    starts = tf.scatter_nd(splits[:-1, None], tf.ones_like(splits[:-1], tf.int32), tf.reshape(n + 1, [1]))
+    return starts[:-1] > 0
