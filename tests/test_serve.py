@@ -153,7 +153,6 @@ def _named_input(name):
     return inp
 
 
-@pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_clients_split_long_lists_into_max_batch_size_requests_when_chunking(server, references, corpus):
     texts = (corpus * 2)[:150]
     expected = np.concatenate([references["tiny"]] * 2)[:150]
@@ -162,6 +161,7 @@ def test_clients_split_long_lists_into_max_batch_size_requests_when_chunking(ser
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
 
 
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_server_answers_bad_request_with_clear_error_and_keeps_serving_when_request_is_bad(server, references, corpus, case):
     send, message = BAD_REQUESTS[case]
     with pytest.raises((ServerError, InferenceServerException)) as err:
