@@ -96,11 +96,16 @@ def cmd_embed(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .targets import build
+    from .targets import build, cli_options
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "model", "cmd", "target", "output", "force", "quiet") and v is not None}
+    options = cli_options(args, args.target)
     path = build(args.model, target=args.target, output=args.output, force=args.force, **options)
     print(f"wrote {args.target} layout to {path}")
+    if not args.no_compose:
+        from .targets.compose import build_stack
+
+        stack = build_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
+        print(f"wrote compose stack to {stack}  (docker-compose -f {stack}/docker-compose.yml up -d)")
     return 0
 
 
@@ -145,6 +150,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--target", choices=["triton", "tfserving"], default="triton")
     b.add_argument("-o", "--output", default=None, help="repository folder (default: model_repository/ for triton, tfserving_models/ for tfserving)")
     b.add_argument("--force", action="store_true", help="replace an existing model/version")
+    b.add_argument("--compose-dir", default="compose", help="where the docker-compose stack goes (default %(default)s/<stack>/)")
+    b.add_argument("--no-compose", action="store_true", help="do not write a docker-compose stack")
     from .targets import add_cli_options
 
     add_cli_options(b)
