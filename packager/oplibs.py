@@ -10,7 +10,7 @@ Three jobs, all driven by data generated from the real packages (never a hand-ty
   TF-Text release, in ``packager/data/opsets/*.json``;
 * **check a target**: :func:`check_compatible` compares the graph with a server's op set
   (see :mod:`packager.servers`) and raises :class:`~packager.errors.TargetError` naming each
-  missing op or attr and the releases that have it.
+  missing op and the releases that have it (attrs an older runtime ignores give a warning).
 
 It also loads op libraries in-process (:func:`load_op_libraries`) and fetches the op libraries
 of another TF-Text release from PyPI for a server image (:func:`fetch_op_libraries`).
@@ -522,37 +522,61 @@ def _span(releases: list[str]) -> str:
     return "; ".join(f"{k} {', '.join(sorted(vs, key=version_key))}" for k, vs in groups.items())
 
 
-def check_compatible(manifest_or_export_dir, server) -> None:
+# Attrs that only name things for debugging; a runtime that lacks them loses nothing.
+INFORMATIONAL_ATTRS = frozenset({("VarHandleOp", "debug_name"), ("_XlaAotOnlyVarHandleOp", "debug_name")})
+
+
+class CompatibilityWarning(UserWarning):
+    """The target runs the graph, but ignores an attr a node sets."""
+
+
+def check_compatible(manifest_or_export_dir, server, *, strict_attrs: bool = False) -> None:
     """Refuse a server whose TF / TF-Text cannot run the graph; call it before writing anything.
 
-    Every op type (graph and function library) must be registered in the server's op set, and
-    every attr a node sets must be known to that op there (default-valued attrs are stripped at
-    export, so any attr left is one the older runtime must understand).
+    Every op type (graph and function library) must be registered in the server's op set.
+    Attrs are checked too, but an attr unknown to the server only gives a
+    :class:`CompatibilityWarning`: TF 2.12 and later log "Unknown attributes will be ignored"
+    and load the graph anyway (seen with TF 2.12.1's C++ SavedModel loader, the one TF-Serving
+    and Triton use). Default-valued attrs are stripped at export, so such an attr is always a
+    non-default one; attrs known to be informational (``VarHandleOp.debug_name``, added in TF
+    2.15) pass silently.
 
     Args:
         manifest_or_export_dir: an export folder (full check of ops and attrs), its
             ``packager.json``, or a manifest dict (op names only).
         server: a :class:`packager.servers.Server` or a spec like ``"tfserving:2.12"``.
+        strict_attrs: refuse on unknown attrs as well.
 
     Raises:
-        TargetError: one message naming each missing op or attr and the releases that have it.
+        TargetError: one message naming each missing op (or attr, when strict) and the releases
+            that have it, and the servers in the table that can run the graph.
     """
+    import warnings
+
     from .servers import Server, get_server
 
     srv = server if isinstance(server, Server) else get_server(server)
     ops, what = _graph_requirements(manifest_or_export_dir)
-    problems = find_problems(ops, srv.opset())
-    if not problems:
+    problems = [p for p in find_problems(ops, srv.opset()) if p not in INFORMATIONAL_ATTRS]
+    fatal = [p for p in problems if p[1] is None or strict_attrs]
+    soft = [p for p in problems if p not in fatal]
+    head = f"{srv.label} (TF {srv.tensorflow}, TF-Text {srv.tensorflow_text or 'none'})"
+    if soft:
+        warnings.warn(CompatibilityWarning(
+            f"{head} ignores: " + "; ".join(f"attr {a!r} of {op} (known to {_span(releases_with(op, a))})" for op, a in soft)),
+            stacklevel=2)
+    if not fatal:
         return
     libmap = {op: lib for s in all_opsets() for lib, names in s.libraries.items() for op in names}
-    lines = [f"{srv.label} (TF {srv.tensorflow}, TF-Text {srv.tensorflow_text or 'none'}) cannot run the {what}:"]
-    for op, attr in problems:
+    lines = [f"{head} cannot run the {what}:"]
+    for op, attr in fatal:
         lib = f" from {libmap[op]}" if op in libmap else ""
         if attr is None:
             lines.append(f"  - op {op!r}{lib} is not registered there; it is in {_span(releases_with(op))}")
         else:
             lines.append(f"  - op {op!r} sets attr {attr!r}, unknown there; it is known to {_span(releases_with(op, attr))}")
-    ok = [s.label for s in _all_servers() if not find_problems(ops, s.opset())]
+    ok = [s.label for s in _all_servers()
+          if not [p for p in find_problems(ops, s.opset()) if p not in INFORMATIONAL_ATTRS and (p[1] is None or strict_attrs)]]
     lines.append(f"  servers that can run it: {', '.join(ok) if ok else 'none in the table'}"
                  " (pick one with --server-version, or export with an older TF)")
     raise TargetError("\n".join(lines))

@@ -36,6 +36,14 @@ def _parity(row: dict) -> str:
     return f"{ok}: ids {ids}, max abs diff {row['max_abs_diff']:.2g}"
 
 
+def _loaders(row: dict) -> str:
+    out = []
+    for name, r in row.get("loaders", {}).items():
+        state = "ok" if r["ok"] else ("n/a" if (r["error"] or "").startswith("unavailable") else "**fails**")
+        out.append(f"{name} {state} ({r['seconds']} s)")
+    return ", ".join(out)
+
+
 def _first_line(text: str | None, n: int = 140) -> str:
     if not text:
         return ""
@@ -81,15 +89,22 @@ def render(results: dict) -> str:
         f"shipped corpus; parity against {next(iter(rt.values()), {}).get('reference', 'the reference')} "
         "(thresholds: token ids 100%, max abs diff 1e-5).",
         "",
-        "| runtime | TF | TF-Text | check | loads | parity | load s | corpus s | venv build s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Loaders: `cxx` = C API `TF_LoadSessionFromSavedModel` (C++ `LoadSavedModel`, what TF-Serving and "
+        "Triton's TF backend call); `session` = TF1 session loader + `Session.run` on the SignatureDefs "
+        "(how those servers execute a signature); `tf2` = `tf.saved_model.load` (Triton Python backend). "
+        "Parity is checked on the `session` and `tf2` outputs; the worse of the two is shown.",
+        "",
+        "| runtime | TF | TF-Text | check | loads | parity | loaders (seconds incl. corpus) | venv build s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rt.items():
         lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
-                     f"{_parity(r)} | {r.get('load_seconds') or '-'} | {r.get('run_seconds') or '-'} | "
-                     f"{r.get('venv_build_seconds') or 'cached'} |")
+                     f"{_parity(r)} | {_loaders(r)} | {r.get('venv_build_seconds') or 'cached'} |")
         if r.get("error"):
-            lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | | | | |")
+            lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | | | |")
+        ignored = [f"{op}.{attr}" for op, attr in r.get("problems", []) if attr]
+        if ignored:
+            lines.append(f"|  | attrs this TF does not know (ignored at load): {', '.join(ignored)} | | | | | | |")
     builds = results.get("venv_builds", {})
     if builds:
         lines += ["", "Venv builds (parallel, cached under `~/.cache/packager/compat/`): "
