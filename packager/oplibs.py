@@ -578,7 +578,7 @@ def check_compatible(manifest_or_export_dir, server, *, strict_attrs: bool = Fal
     ok = [s.label for s in _all_servers()
           if not [p for p in find_problems(ops, s.opset()) if p not in INFORMATIONAL_ATTRS and (p[1] is None or strict_attrs)]]
     lines.append(f"  servers that can run it: {', '.join(ok) if ok else 'none in the table'}"
-                 " (pick one with --server-version, or export with an older TF)")
+                 " (pick one with --server-version, or export a graph without these ops)")
     raise TargetError("\n".join(lines))
 
 
