@@ -20,6 +20,16 @@ the pipeline calls it whenever no added token has to be matched on normalized te
 Everything else (added tokens with their ``lstrip``/``rstrip``/``single_word``/``normalized`` flags,
 truncation keeping the end token, the post-processor's special tokens, dynamic padding) is here.
 
+Batches in which no code point can start an added token (most of them) skip the splitting and
+go straight to ``encode_raw_pieces`` with one piece per sentence (``tf.cond``). Unless a subclass
+sets ``empty_pieces_ok = True``, empty sentences are dropped before and restored after, so a
+subclass never sees an empty piece.
+
+Ragged plumbing: TF's ``tf.repeat``, ``RaggedTensor.value_rowids`` and ``tf.ragged.boolean_mask``
+build a ``[rows, longest row]`` intermediate, so one 1 MB sentence among many pieces needs
+gigabytes (it OOMed here). Use :func:`rowids`, :func:`repeat_range`, :func:`mask_rows` and
+:func:`splits_from_lengths` instead: O(values).
+
 Invalid UTF-8: strings arrive as raw bytes (a server gets whatever the client sends). They are
 decoded like Python's ``bytes.decode("utf-8", errors="replace")``: every maximal invalid
 subsequence becomes one U+FFFD (TF's ``unicode_decode(errors="replace")`` follows the same
@@ -693,7 +703,8 @@ class InGraphTokenizer(tf.Module):
                          for t in norm]
         word_table = None
         if any(t.single_word for t in self.added):
-            word_table = RangeTable(probe_word_chars(), name="word_chars")
+            word_table = RangeTable(cached_probe("word_chars", None, lambda _: probe_word_chars()),
+                                    name="word_chars")
         self.raw_matcher = AddedTokenMatcher(raw, word_table=word_table, name="raw_added_tokens")
         self.norm_matcher = AddedTokenMatcher(norm, norm_patterns, word_table=word_table,
                                               name="normalized_added_tokens")
@@ -861,11 +872,6 @@ def probe_white_space(codepoints: Iterable[int] | None = None) -> np.ndarray:
         out[part] = np.array([len(e.ids) == 1 for e in encs], dtype=np.int32)
     out[0x10FFFD] = 0
     return out
-
-
-def iter_chunks(items: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i: i + size]
 
 
 _PROBE_CACHE: dict[str, object] = {}
