@@ -111,6 +111,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_if_free(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` when nothing listens there, else a free port (Triton's 8000/8001/8002 when possible)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        try:
+            s.bind((host, preferred))
+        except OSError:
+            return free_port(host)
+        return preferred
+
+
 def check_repository(repo: str | Path) -> list[str]:
     """Refuse repositories this binary cannot serve, with a message that says what to do.
 
@@ -365,7 +375,8 @@ def serve_forever(repository: str | Path = "model_repository", *, http_port: int
 
     Args:
         repository: the model repository (python-backend models).
-        http_port, grpc_port, metrics_port: ports on 127.0.0.1; free ones when ``None``.
+        http_port, grpc_port, metrics_port: ports on 127.0.0.1; when ``None``, 8000/8001/8002 if free, else
+            free ones.
         check: start, send the corpus over HTTP and gRPC, print parity against sentence-transformers, stop.
         corpus: the corpus for ``check`` (default: the shipped tricky corpus).
         ready_timeout: seconds to wait for readiness.
@@ -374,8 +385,9 @@ def serve_forever(repository: str | Path = "model_repository", *, http_port: int
     Returns:
         0 after a clean stop (and, with ``check``, parity), 1 on a parity failure, else the server's exit code.
     """
-    srv = TritonServer(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                       ready_timeout=ready_timeout, log_file=None)
+    # Triton's usual ports when they are free, so the documented URLs work; else free ones (printed below).
+    srv = TritonServer(repository, http_port=http_port or port_if_free(8000), grpc_port=grpc_port or port_if_free(8001),
+                       metrics_port=metrics_port or port_if_free(8002), ready_timeout=ready_timeout, log_file=None)
     stopping = {"flag": False}
 
     def _on_signal(signum, _frame):
