@@ -61,7 +61,7 @@ def test_export_manifest_records_model_versions_and_op_libraries_when_default(re
 
     _, out, manifest = exports(request, "default_model_dir")
     assert manifest == read_manifest(out)
-    assert manifest["source"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert manifest["source"] == str(request.getfixturevalue("default_model_dir"))
     assert (manifest["embedding_dim"], manifest["max_seq_length"], manifest["pooling"]) == (384, 256, ["mean"])
     assert manifest["normalize"] is True
     assert manifest["tensorflow"] == tf.__version__
