@@ -81,14 +81,16 @@ _TRITON_TF_SOURCES = (
 )
 _TFS_SOURCES = ("https://github.com/tensorflow/serving/blob/master/WORKSPACE",
                 "https://github.com/tensorflow/serving/issues/2267")
-# TF-Serving 2.12 .. 2.19 link TF-Text 2.12.1; the core TF is the serving release's own.
-_TFS_CORE = {"2.12": "2.12.1", "2.13": "2.13.1", "2.14": "2.14.1", "2.15": "2.15.1", "2.16": "2.16.2",
-             "2.17": "2.17.1", "2.18": "2.18.1", "2.19": "2.19.1"}
+# TF-Serving 2.12 .. 2.19 link TF-Text 2.12.1; the core TF is the serving release's own. One image
+# per line: a patch release where one is known (2.12.1: tensorflow/serving#2136 says avoid 2.12.0;
+# 2.16.0 never existed), else x.y.0. Every patch release of a line has the same ops.
+_TFS_RELEASES = {"2.12": "2.12.1", "2.13": "2.13.0", "2.14": "2.14.0", "2.15": "2.15.0", "2.16": "2.16.1",
+                 "2.17": "2.17.0", "2.18": "2.18.0", "2.19": "2.19.0"}
 
 SERVERS: tuple[Server, ...] = (
     Server("triton-tensorflow", "25.02", "nvcr.io/nvidia/tritonserver:25.02-tf2-python-py3", "2.17.0", "2.17.0",
            python="3.12", op_libraries="shipped", sources=_TRITON_TF_SOURCES),
-    *(Server("tfserving", v, f"tensorflow/serving:{tf}", tf, "2.12.1", sources=_TFS_SOURCES) for v, tf in _TFS_CORE.items()),
+    *(Server("tfserving", v, f"tensorflow/serving:{tf}", tf, "2.12.1", sources=_TFS_SOURCES) for v, tf in _TFS_RELEASES.items()),
     Server("tfserving", "2.20", "tensorflow/serving:2.20.0", "2.20.0", "2.20.0", sources=_TFS_SOURCES),
     Server("triton-python", "2.21", "packager Triton python-backend image (requirements.txt)", "2.21.0", "2.21.1",
            python="3.11", op_libraries="python", sources=("requirements.txt",)),

@@ -110,6 +110,23 @@ def render(results: dict) -> str:
         lines += ["", "Venv builds (parallel, cached under `~/.cache/packager/compat/`): "
                   + "; ".join(f"{k}: first build {v.get('first_build_seconds')} s" for k, v in builds.items())
                   + f"; wall time this run {results.get('venv_build_wall_seconds')} s."]
+    scan = results.get("opset_scan") or {}
+    if scan:
+        lines += [
+            "",
+            "## What the default export needs from each release",
+            "",
+            "Every op type and non-default attr of the export (graph and function library) against each "
+            "generated op set (`packager/data/opsets/`). A missing op makes the release refuse; an unknown attr is "
+            "ignored by TF >= 2.12 at load (\"Unknown attributes will be ignored\").",
+            "",
+            "| release | missing ops | attrs it does not know |",
+            "| --- | --- | --- |",
+        ]
+        for name, problems in scan.items():
+            ops = [op for op, attr in problems if attr is None]
+            attrs = [f"{op}.{attr}" for op, attr in problems if attr]
+            lines.append(f"| {name} | {', '.join(ops) or 'none'} | {', '.join(attrs) or 'none'} |")
     ref = results.get("refusal") or {}
     if ref:
         lines += [
