@@ -62,3 +62,9 @@ def tiny_mpnet(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_xlmr(tmp_path_factory) -> Path:
     return tiny_models.make_xlmr(tmp_path_factory.mktemp("tiny_xlmr"), pooling=["mean", "weightedmean"])
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_tokenizer_json_only(tmp_path_factory) -> Path:
+    """Tiny XLM-R that ships tokenizer.json (Unigram) but no sentencepiece.bpe.model."""
+    return tiny_models.make_xlmr(tmp_path_factory.mktemp("tiny_xlmr_json"), keep_spm_model=False, seed=5)

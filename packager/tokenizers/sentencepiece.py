@@ -578,7 +578,7 @@ class UnigramViterbi(tf.Module):
     """
 
     def __init__(self, vocab: Sequence[tuple[str, float]], unk_id: int, max_tokens: int,
-                 long_word: int = 256, chunk: int = 256, name: str | None = None):
+                 long_word: int = 1024, chunk: int = 256, name: str | None = None):
         super().__init__(name=name)
         children: dict[tuple[int, int], int] = {}
         node_piece = [-1]
@@ -623,32 +623,29 @@ class UnigramViterbi(tf.Module):
         none = self.unk_slot + 1
         node_piece = tf.constant(self._node_piece)
         v64 = tf.cast(v, tf.int64)
-        idx = tf.range(n)
-        last = tf.maximum(n - 1, 0)
 
-        # walk the trie one level per step from every start position at once (no compaction: a
-        # dead walk has node -1, whose keys are never in the table), until every walk is dead
-        def body(d, node, ta):
-            at = idx + tf.cast(d - 1, tf.int64)
-            key = node * (1 << 21) + tf.gather(v64, tf.minimum(at, last))
-            child = tf.where((node >= 0) & (at < row_end), self.trie.lookup(key), -1)
+        # walk the trie one level per step from every start position at once; only walks still
+        # inside the trie and inside their pre-token stay (live: start, end, node)
+        def body(d, live, ta):
+            at = live[:, 0] + tf.cast(d - 1, tf.int64)
+            child = self.trie.lookup(live[:, 2] * (1 << 21) + tf.gather(v64, at))
             piece = tf.gather(node_piece, tf.maximum(child, 0))
-            return d + 1, child, ta.write(d - 1, tf.where((child >= 0) & (piece >= 0), piece, none))
+            found = (child >= 0) & (piece >= 0)
+            # (end position, column of length d) -> piece
+            hit = tf.stack([at * lm + (lm - tf.cast(d, tf.int64)), tf.cast(piece, tf.int64)], axis=1)
+            ta = ta.write(d - 1, tf.boolean_mask(hit, found))
+            nxt = tf.stack([live[:, 0], live[:, 1], child], axis=1)
+            return d + 1, tf.boolean_mask(nxt, (child >= 0) & (at + 1 < live[:, 1])), ta
 
+        live0 = tf.stack([tf.range(n), row_end, tf.zeros([n], tf.int64)], axis=1)
         depth, _, ta = tf.while_loop(
-            lambda d, node, ta: (d <= lm) & tf.reduce_any(node >= 0), body,
-            (tf.constant(1), tf.zeros([n], tf.int64),
-             tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
-        levels = depth - 1  # a piece of length d starting at p is in row d-1, column p
-        by_start = tf.cond(levels > 0, ta.stack, lambda: tf.zeros(tf.stack([0, n]), tf.int32))
-        # by end position, longest first: column k holds length L - k, which started at e - L + k + 1
-        k = tf.range(lm)
-        length = lm - k
-        src = idx[:, None] - tf.cast(length - 1, tf.int64)[None, :]  # [N, L]
-        usable = (src >= 0) & (length[None, :] <= levels)
-        flat = tf.reshape(by_start, [-1])
-        gidx = tf.cast(length - 1, tf.int64)[None, :] * n + tf.maximum(src, 0)
-        slot = tf.where(usable, tf.gather(flat, tf.where(usable, gidx, 0)), none)
+            lambda d, live, ta: (d <= lm) & (tf.shape(live)[0] > 0), body,
+            (tf.constant(1), live0, tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[None, 2],
+                                                    infer_shape=False)),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 3]), tf.TensorShape(None)))
+        hits = tf.cond(depth > 1, ta.concat, lambda: tf.zeros([0, 2], tf.int64))
+        slot = tf.scatter_nd(hits[:, :1], tf.cast(hits[:, 1], tf.int32) - none, tf.reshape(n * lm, [1])) + none
+        slot = tf.reshape(slot, tf.stack([n, tf.constant(lm, tf.int64)]))
         # no one-character piece: the character is unknown
         last_col = tf.where(tf.equal(slot[:, lm - 1], none), self.unk_slot, slot[:, lm - 1])
         slot = tf.concat([slot[:, : lm - 1], last_col[:, None]], axis=1)
@@ -673,44 +670,89 @@ class UnigramViterbi(tf.Module):
                           tf.zeros(tf.stack([w, 1]), tf.float64)], axis=1)
 
     @_scoped("sp_forward")
-    def _forward(self, score, starts, lens):
-        """Winning column per position ``[T+1, W]`` (row 0 unused) for short pre-tokens.
+    def _short(self, slot, score, starts, lens) -> tf.RaggedTensor:
+        """Best paths of pre-tokens of at most ``long_word`` code points -> HF ids ``[W, (n)]``.
 
-        The loop only carries the best scores (a window of the last L per pre-token); which piece
-        won is recomputed afterwards for all positions at once, from the very same float64 sums.
+        Pre-tokens are sorted longest first, so step t of the programme touches only the prefix
+        of those at least t long, and every array is laid out step-major without padding (entry
+        ``offs[t-1] + rank`` is position t of the pre-token of that rank): the work is the number
+        of characters, the number of steps the longest pre-token. The loop carries only the best
+        scores; which piece won is recomputed afterwards for all entries at once, from the very
+        same float64 sums.
         """
-        w = tf.size(starts)
         lm = self.max_len
-        big_t = tf.cast(tf.reduce_max(tf.concat([lens, [0]], 0)), tf.int32)
-        n_rows = tf.shape(score, out_type=tf.int64)[0]
-        t_range = tf.range(1, big_t + 1)
-        rows = tf.minimum(starts[None, :] + tf.cast(t_range - 1, tf.int64)[:, None], tf.maximum(n_rows - 1, 0))
-        cand = tf.gather(score, rows)  # [T, W, L]: pieces ending at position t
-        cand_ta = tf.TensorArray(tf.float64, size=big_t, element_shape=[None, lm]).unstack(cand)
+        w = tf.size(starts, out_type=tf.int32)
+        order = tf.argsort(-lens, stable=True)
+        s_starts = tf.gather(starts, order)
+        s_lens = tf.cast(tf.gather(lens, order), tf.int32)
+        big_t = tf.reduce_max(tf.concat([s_lens, [0]], 0))
+        active = tf.searchsorted(-s_lens, -tf.range(big_t + 1), side="right", out_type=tf.int32)  # [T+1]
+        offs = tf.concat([[0], tf.cumsum(active[1:])], 0)  # step t starts at offs[t - 1]
+        total = offs[-1]
+        e_step = tf.repeat(tf.range(1, big_t + 1), active[1:])
+        e_rank = tf.range(total) - tf.gather(offs, e_step - 1)
+        rows = tf.gather(s_starts, e_rank) + tf.cast(e_step - 1, tf.int64)
+        cand = tf.gather(score, rows)  # [total, L]
 
         def body(t, window, ta):
-            best = tf.reduce_max(cand_ta.read(t - 1) + window, axis=1, keepdims=True)
+            n = active[t]
+            c = tf.slice(cand, tf.stack([offs[t - 1], 0]), tf.stack([n, lm]))
+            window = window[:n]
+            best = tf.reduce_max(c + window, axis=1, keepdims=True)
             return t + 1, tf.concat([window[:, 1:], best], axis=1), ta.write(t - 1, best[:, 0])
 
-        _, _, ta = tf.while_loop(lambda t, *_: t <= big_t, body,
-                                 (tf.constant(1), self._window0(w), tf.TensorArray(tf.float64, size=big_t,
-                                                                                    element_shape=[None])))
-        best = tf.concat([tf.zeros([1, w], tf.float64),
-                          tf.cond(big_t > 0, ta.stack, lambda: tf.zeros(tf.stack([0, w]), tf.float64))], axis=0)
-        # the window each position saw: best[t - L + k], -inf before the start
-        src = t_range[:, None] - lm + tf.range(lm)[None, :]  # [T, L]
-        window = tf.where((src >= 0)[:, :, None], tf.gather(best, tf.maximum(src, 0)),
-                          tf.constant(-np.inf, tf.float64))  # [T, L, W]
-        sc = cand + tf.transpose(window, [0, 2, 1])  # [T, W, L]
-        top = tf.reduce_max(sc, axis=2, keepdims=True)
+        _, _, ta = tf.while_loop(
+            lambda t, *_: t <= big_t, body,
+            (tf.constant(1), self._window0(w),
+             tf.TensorArray(tf.float64, size=big_t, element_shape=[None], infer_shape=False)),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, lm]), tf.TensorShape(None)))
+        best = tf.cond(big_t > 0, ta.concat, lambda: tf.zeros([0], tf.float64))  # [total], step-major
+        # the window each entry saw: best at step t - L + k of the same pre-token
+        kk = tf.range(lm)
+        src = e_step[:, None] - lm + kk[None, :]
+        prev = tf.gather(best, tf.gather(offs, tf.maximum(src - 1, 0)) + e_rank[:, None])
+        window = tf.where(src >= 1, prev, tf.where(tf.equal(src, 0), tf.constant(0.0, tf.float64),
+                                                   tf.constant(-np.inf, tf.float64)))
+        sc = cand + window
+        top = tf.reduce_max(sc, axis=1, keepdims=True)
         # ties: the first column, i.e. the piece that starts first
-        k = tf.reduce_min(tf.where(tf.equal(sc, top), tf.range(lm)[None, None, :], lm), axis=2)
-        return tf.concat([tf.zeros([1, w], tf.int32), k], axis=0)
+        k = tf.reduce_min(tf.where(tf.equal(sc, top), kk[None, :], lm), axis=1)  # [total]
+
+        # walk back one piece per step, all pre-tokens at once
+        ranks = tf.range(w)
+
+        def back(i, cur, ta):
+            e = tf.gather(offs, tf.maximum(cur - 1, 0)) + ranks
+            step = lm - tf.gather(k, tf.minimum(e, tf.maximum(total - 1, 0)))
+            return i + 1, tf.where(cur > 0, cur - step, 0), ta.write(i, cur)
+
+        n_iter, _, ta = tf.while_loop(
+            lambda i, cur, ta: tf.reduce_any(cur > 0), back,
+            (tf.constant(0), s_lens, tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
+        ends = tf.cond(n_iter > 0, lambda: tf.transpose(ta.stack()), lambda: tf.zeros(tf.stack([w, 0]), tf.int32))
+        counts = tf.reduce_sum(tf.cast(ends > 0, tf.int32), axis=1)
+        ends = tf.reverse_sequence(ends, counts, seq_axis=1, batch_axis=0)  # first piece first
+        where = tf.cast(tf.where(tf.sequence_mask(counts, n_iter)), tf.int32)
+        rank, pos = where[:, 0], tf.gather_nd(ends, where)
+        e = tf.gather(offs, pos - 1) + rank
+        slots = tf.gather_nd(slot, tf.stack([tf.gather(rows, e), tf.cast(tf.gather(k, e), tf.int64)], axis=1))
+        ids = self._fuse_unknowns(rank, tf.gather(tf.constant(self._ids), slots), w)
+        return tf.gather(ids, tf.math.invert_permutation(order))
+
+    def _fuse_unknowns(self, rows, ids, n_rows) -> tf.RaggedTensor:
+        """Ids in row order -> ragged ``[n_rows, (n)]`` with runs of unknowns fused (HF fuse_unk)."""
+        same_row = tf.concat([[False], tf.equal(rows[1:], rows[:-1])], 0)
+        prev_unk = tf.concat([[False], tf.equal(ids[:-1], self.unk_id)], 0)
+        keep = ~(same_row & prev_unk & tf.equal(ids, self.unk_id))
+        rows, ids = tf.boolean_mask(rows, keep), tf.boolean_mask(ids, keep)
+        counts = tf.math.bincount(tf.cast(rows, tf.int32), minlength=n_rows, maxlength=n_rows, dtype=tf.int64)
+        return tf.RaggedTensor.from_row_lengths(ids, counts, validate=False)
 
     @_scoped("sp_long")
     def _forward_long(self, score, starts, lens):
-        """Like :meth:`_forward` for long pre-tokens, in chunks, stopping where the first
-        ``max_tokens`` pieces are settled. Returns ``(columns [T+1, W], end [W])``."""
+        """The programme for long pre-tokens: in chunks of positions, stopping where the first
+        ``max_tokens`` pieces are settled. Returns ``(columns [T+1, W], end [W])``: the winning
+        column per position (row 0 unused) and the position each path is read back from."""
         w = tf.size(starts)
         lens32 = tf.cast(lens, tf.int32)
         chunk = self.chunk
@@ -720,8 +762,10 @@ class UnigramViterbi(tf.Module):
                 k, window = self._step(score, starts, t, window)
                 return t + 1, window, ta.write(t - t0, k)
 
-            t1, window, ta = tf.while_loop(lambda t, *_: t < t0 + chunk, inner,
-                                           (t0, window, tf.TensorArray(tf.int32, size=chunk, element_shape=[None])))
+            longest = tf.reduce_max(tf.where(end < 0, lens32, 0))
+            stop = tf.minimum(t0 + chunk, longest + 1)
+            t1, window, ta = tf.while_loop(lambda t, *_: t < stop, inner,
+                                           (t0, window, tf.TensorArray(tf.int32, size=stop - t0, element_shape=[None])))
             acc = tf.concat([acc, ta.stack()], axis=0)
             last = t1 - 1
             due = last >= next_check
@@ -755,56 +799,31 @@ class UnigramViterbi(tf.Module):
         return tf.where(settled, anc[0] // w, end)
 
     @_scoped("sp_paths")
-    def _read_paths(self, cols, end, slot, starts, doubling: bool = False) -> tf.RaggedTensor:
-        """HF ids of the best path ending at ``end[w]`` of each pre-token, consecutive unknowns
-        fused: ``[W, (n)]``. Paths are walked back one piece per step for all pre-tokens at once,
-        or (``doubling``, for very long ones) marked by pointer doubling."""
+    def _read_paths(self, cols, end, slot, starts) -> tf.RaggedTensor:
+        """HF ids of the best path ending at ``end[w]`` of each (long) pre-token: ``[W, (n)]``.
+        The positions on each path are marked by pointer doubling (log2(T) rounds)."""
         lm = self.max_len
         t1 = tf.shape(cols)[0]
         w = tf.shape(cols)[1]
         cols_flat = tf.reshape(cols, [-1])
-        if doubling:
-            parent = _parents(cols, lm)
-            start = tf.cast(end, tf.int32) * w + tf.range(w)
-            on = tf.scatter_nd(start[:, None], tf.ones([w], tf.int32), [t1 * w])
-            rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
+        parent = _parents(cols, lm)
+        start = tf.cast(end, tf.int32) * w + tf.range(w)
+        on = tf.scatter_nd(start[:, None], tf.ones([w], tf.int32), [t1 * w])
+        rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
 
-            def body(i, on, jump):
-                reached = tf.math.unsorted_segment_max(on, jump, t1 * w)
-                return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
+        def body(i, on, jump):
+            reached = tf.math.unsorted_segment_max(on, jump, t1 * w)
+            return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
 
-            _, on, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), on, parent))
-            on = tf.transpose(tf.reshape(on > 0, [t1, w]))  # [W, T+1], position order
-            on = tf.concat([tf.zeros([w, 1], tf.bool), on[:, 1:]], axis=1)  # position 0 is not a piece
-            where = tf.cast(tf.where(on), tf.int32)  # (pre-token, position), sorted
-            ws, pos = where[:, 0], where[:, 1]
-        else:
-            cols_w = tf.range(w)
-
-            def body(i, cur, ta):
-                k = tf.gather(cols_flat, cur * w + cols_w)
-                return i + 1, tf.where(cur > 0, cur - (lm - k), 0), ta.write(i, cur)
-
-            n_iter, _, ta = tf.while_loop(
-                lambda i, cur, ta: tf.reduce_any(cur > 0), body,
-                (tf.constant(0), tf.cast(end, tf.int32),
-                 tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
-            back = tf.cond(n_iter > 0, lambda: tf.transpose(ta.stack()), lambda: tf.zeros(tf.stack([w, 0]), tf.int32))
-            counts = tf.reduce_sum(tf.cast(back > 0, tf.int32), axis=1)
-            fwd = tf.reverse_sequence(back, counts, seq_axis=1, batch_axis=0)
-            where = tf.cast(tf.where(tf.sequence_mask(counts, n_iter)), tf.int32)
-            ws, pos = where[:, 0], tf.gather_nd(fwd, where)
+        _, on, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), on, parent))
+        on = tf.transpose(tf.reshape(on > 0, [t1, w]))  # [W, T+1], position order
+        on = tf.concat([tf.zeros([w, 1], tf.bool), on[:, 1:]], axis=1)  # position 0 is not a piece
+        where = tf.cast(tf.where(on), tf.int32)  # (pre-token, position), sorted
+        ws, pos = where[:, 0], where[:, 1]
         rows = tf.gather(starts, ws) + tf.cast(pos, tf.int64) - 1
         col = tf.gather(cols_flat, pos * w + ws)
         slots = tf.gather_nd(slot, tf.stack([rows, tf.cast(col, tf.int64)], axis=1))
-        ids = tf.gather(tf.constant(self._ids), slots)
-        # fuse runs of unknowns (HF fuse_unk)
-        same_row = tf.concat([[False], tf.equal(ws[1:], ws[:-1])], 0)
-        prev_unk = tf.concat([[False], tf.equal(ids[:-1], self.unk_id)], 0)
-        keep = ~(same_row & prev_unk & tf.equal(ids, self.unk_id))
-        ws, ids = tf.boolean_mask(ws, keep), tf.boolean_mask(ids, keep)
-        counts = tf.math.bincount(ws, minlength=w, maxlength=w, dtype=tf.int64)
-        return tf.RaggedTensor.from_row_lengths(ids, counts, validate=False)
+        return self._fuse_unknowns(ws, tf.gather(tf.constant(self._ids), slots), w)
 
     @_no_autograph
     def encode(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -817,14 +836,12 @@ class UnigramViterbi(tf.Module):
         long = lens > self.long_word
         long_sel = tf.where(long)[:, 0]
         short_sel = tf.where(~long)[:, 0]
-        s_starts, s_lens = tf.gather(starts, short_sel), tf.gather(lens, short_sel)
-        short_ids = self._read_paths(self._forward(score, s_starts, s_lens), tf.cast(s_lens, tf.int32), slot,
-                                     s_starts)
+        short_ids = self._short(slot, score, tf.gather(starts, short_sel), tf.gather(lens, short_sel))
         l_starts, l_lens = tf.gather(starts, long_sel), tf.gather(lens, long_sel)
 
         def long_path():
             cols, end = self._forward_long(score, l_starts, l_lens)
-            ids = self._read_paths(cols, end, slot, l_starts, doubling=True)[:, : self.max_tokens]
+            ids = self._read_paths(cols, end, slot, l_starts)[:, : self.max_tokens]
             return ids.flat_values, ids.row_splits
 
         def no_long():
