@@ -56,10 +56,16 @@ def build(spec, model_dir: Path):
             mask = tf.cast(features["attention_mask"], emb.dtype)  # [B, T]
             mask3 = mask[:, :, None]
             seq_len = tf.shape(emb)[1]
+            # First / last real position per row, as torch's argmax idioms give them (0 for a row
+            # with no real token), but without argmax, which fails on an empty batch ([0, 0]).
+            real = features["attention_mask"] > 0
+            pos = tf.range(seq_len)[None, :]
+            first = tf.reduce_min(tf.where(real, pos, seq_len), axis=1)
+            first = tf.where(first >= seq_len, 0, first)
+            last = tf.maximum(tf.reduce_max(tf.where(real, pos, -1), axis=1), 0)
             outs = []
             for mode in modes:
                 if mode == "cls":
-                    first = tf.argmax(tf.cast(features["attention_mask"], tf.int32), axis=1, output_type=tf.int32)
                     outs.append(tf.gather(emb, first, axis=1, batch_dims=1))
                 elif mode == "max":
                     neg_inf = tf.constant(float("-inf"), emb.dtype)
@@ -69,16 +75,11 @@ def build(spec, model_dir: Path):
                     count = tf.maximum(tf.reduce_sum(mask3, axis=1), 1e-9)
                     outs.append(total / (count if mode == "mean" else tf.sqrt(count)))
                 elif mode == "weightedmean":
-                    first = tf.argmax(tf.cast(features["attention_mask"], tf.int32), axis=1, output_type=tf.int32)
-                    pos = tf.cast(tf.range(1, seq_len + 1), emb.dtype)[None, :] - tf.cast(first, emb.dtype)[:, None]
-                    w = (mask * pos)[:, :, None]
+                    weights = tf.cast(tf.range(1, seq_len + 1), emb.dtype)[None, :] - tf.cast(first, emb.dtype)[:, None]
+                    w = (mask * weights)[:, :, None]
                     outs.append(tf.reduce_sum(emb * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1e-9))
                 elif mode == "lasttoken":
-                    m = tf.cast(features["attention_mask"], tf.int32)
-                    rev = tf.reverse(m, axis=[1])
-                    idx = tf.argmax(rev, axis=1, output_type=tf.int32)
-                    idx = tf.where(tf.reduce_max(rev, axis=1) == 0, seq_len - 1, idx)
-                    outs.append(tf.gather(emb * mask3, seq_len - idx - 1, axis=1, batch_dims=1))
+                    outs.append(tf.gather(emb * mask3, last, axis=1, batch_dims=1))
             features = dict(features)
             features["sentence_embedding"] = outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
             return features
