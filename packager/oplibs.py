@@ -16,9 +16,8 @@ It also loads op libraries in-process (:func:`load_op_libraries`) and fetches th
 of another TF-Text release from PyPI for a server image (:func:`fetch_op_libraries`).
 
 Example:
-    >>> info = analyze_saved_model("exports/minilm")
-    >>> info["op_libraries"]
-    ['_fast_wordpiece_tokenizer.so', '_normalize_ops.so', '_regex_split_ops.so']
+    >>> analyze_saved_model("exports/minilm")["op_libraries"]
+    ['_fast_wordpiece_tokenizer.so']
     >>> check_compatible("exports/minilm", "tfserving:2.12")      # raises TargetError if not
 """
 from __future__ import annotations
