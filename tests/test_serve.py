@@ -141,6 +141,10 @@ BAD_REQUESTS = {
     "invalid UTF-8 over gRPC": (lambda s: triton_grpc(s.grpc_url, "tiny")([b"\xc0\xaf"]), "element 0 is not valid UTF-8"),
     "1 MB string": (lambda s: triton_http(s.http_url, "tiny")(["a" * 1_000_000]),
                     "element 0 is 1000000 bytes; the limit is 262144"),
+    "batch of 10,000 strings": (lambda s: _raw_http(s, "BYTES", [10_000, 1], np.array([[b"x"]] * 10_000, dtype=object)),
+                                "batch-size must be <= 64"),
+    "missing input": (lambda s: httpclient.InferenceServerClient(s.http_url.removeprefix("http://")).infer("tiny", []),
+                      "expected 1 inputs but got 0"),
     "unknown model": (lambda s: triton_http(s.http_url, "nope")(["x"]), "unknown model"),
     "wrong input name": (lambda s: httpclient.InferenceServerClient(s.http_url.removeprefix("http://")).infer(
         "tiny", [_named_input("text")]), "unexpected inference input 'text'"),
