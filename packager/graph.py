@@ -85,6 +85,7 @@ def manifest_for(spec: PipelineSpec, saved_model_dir: Path) -> dict:
         "tensorflow_text": tensorflow_text.__version__,
         "op_libraries": ops["op_libraries"],
         "custom_ops": ops["custom_ops"],
+        "ops": ops["ops"],  # every op type, so check_compatible can check core ops from the manifest alone
         "input_key": INPUT_KEY,
         "output_key": OUTPUT_KEY,
         "signatures": ["serving_default", "tokenize"],
