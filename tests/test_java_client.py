@@ -15,20 +15,11 @@ from packager import verify as v
 from packager.clients import triton_http
 from packager.serve import TritonServer
 from packager.targets import build_from_export
+from tiny_models import exported
 
 pytestmark = pytest.mark.server
 
 JAVA_DIR = Path(__file__).resolve().parent.parent / "examples" / "java"
-
-
-def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
-    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
-    from packager.graph import export
-
-    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
-    if not (out / "packager.json").is_file():
-        export(model_dir, out, force=True)
-    return out
 
 
 @pytest.fixture(scope="module")

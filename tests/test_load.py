@@ -53,7 +53,7 @@ def reference(default_model_dir, texts):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, default_model_dir):
-    from test_serve import exported
+    from tiny_models import exported
 
     out = tmp_path_factory.mktemp("load") / "model_repository"
     build_from_export(exported(tmp_path_factory, default_model_dir, "default_model_dir"), target="triton",

@@ -23,21 +23,12 @@ from packager.clients import ServerError, embedder, triton_grpc, triton_http
 from packager.errors import TargetError
 from packager.serve import TritonServer, check_repository
 from packager.targets import build_from_export
+from tiny_models import exported
 
 pytestmark = pytest.mark.server
 
 MODELS = {"minilm": "default_model_dir", "tiny": "tiny_bert"}
 BATCH_SIZES = [1, 2, 3, 5, 8, 13, 21, 34, 64]
-
-
-def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
-    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
-    from packager.graph import export
-
-    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
-    if not (out / "packager.json").is_file():
-        export(model_dir, out, force=True)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,12 @@ from packager import verify as v
 from packager.errors import TargetError
 from packager.targets import build_from_export, tfserving
 from packager.targets.tfserving import TFServingOptions
+from tiny_models import exported
 
 MANIFEST = {
     "packager_version": "0.1.0", "source": "x", "name": "m", "embedding_dim": 8, "max_seq_length": 16,
     "op_libraries": [], "input_key": "input_sequence", "output_key": "sentence_embedding",
 }
-
-
-def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
-    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
-    from packager.graph import export
-
-    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
-    if not (out / "packager.json").is_file():
-        export(model_dir, out, force=True)
-    return out
 
 
 @pytest.fixture(scope="module")

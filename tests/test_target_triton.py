@@ -20,6 +20,7 @@ from packager.errors import TargetError
 from packager.targets import build_from_export, sanitize, triton
 from packager.targets.triton import TritonOptions, bytes_tensor_file, read_bytes_tensor_file
 from packager.targets.writer import write_tree
+from tiny_models import exported
 
 MANIFEST = {
     "packager_version": "0.1.0",
@@ -40,16 +41,6 @@ def parse_config(text: str) -> model_config_pb2.ModelConfig:
     cfg = model_config_pb2.ModelConfig()
     text_format.Parse(text, cfg)  # unknown fields or bad syntax raise ParseError
     return cfg
-
-
-def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
-    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
-    from packager.graph import export
-
-    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
-    if not (out / "packager.json").is_file():
-        export(model_dir, out, force=True)
-    return out
 
 
 @pytest.fixture(scope="module")
