@@ -14,6 +14,7 @@ import pytest
 from packager import verify as v
 from packager.errors import TargetError, UnsupportedError
 from packager.graph import export, load, read_manifest
+from tiny_models import exported
 
 MODELS = ["default_model_dir", "tiny_bert", "tiny_bert_cased_dense", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr"]
 
@@ -26,8 +27,8 @@ def exports(tmp_path_factory):
     def get(request, name):
         if name not in cache:
             model_dir = request.getfixturevalue(name)
-            out = tmp_path_factory.mktemp("exports") / name
-            cache[name] = (model_dir, out, export(model_dir, out))
+            out = exported(tmp_path_factory, model_dir, name)  # shared with the serving tests
+            cache[name] = (model_dir, out, read_manifest(out))
         return cache[name]
 
     return get
@@ -60,7 +61,7 @@ def test_export_manifest_records_model_versions_and_op_libraries_when_default(re
     import tensorflow as tf
 
     _, out, manifest = exports(request, "default_model_dir")
-    assert manifest == read_manifest(out)
+    assert manifest == read_manifest(out) and manifest["ops"]
     assert manifest["source"] == str(request.getfixturevalue("default_model_dir"))
     assert (manifest["embedding_dim"], manifest["max_seq_length"], manifest["pooling"]) == (384, 256, ["mean"])
     assert manifest["normalize"] is True
