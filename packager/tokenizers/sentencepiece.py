@@ -6,51 +6,59 @@ sentence-transformers calls it), and where the in-graph pipeline reproduces each
     raw text ──added tokens split out (<s> <pad> </s> <unk> <mask>, mask with lstrip)──▶  common.py
     each text piece ──normalizer: Precompiled charsmap [, Replace(" {2,}", " ")] [, Lowercase]──▶  here
     ──pre-tokenizer: [WhitespaceSplit,] Metaspace(▁, prepend_scheme, split)──▶  here
-    ──Unigram Viterbi per pre-token──▶  tensorflow_text.SentencepieceTokenizer (classic op)
-    ──ids──▶ truncate, <s> ... </s>, pad  common.py
+    ──Unigram Viterbi per pre-token, float64, HF tie-breaking, unknowns fused──▶  here
+    ──ids──▶ truncate keeping </s>, <s> ... </s>, pad to the longest row  common.py
 
 The HF pipeline is read from the tokenizer itself (``backend_tokenizer.to_str()``), not assumed:
 transformers 5 rebuilds XLM-R's backend as Precompiled + ``WhitespaceSplit, Metaspace(always)``
 whatever tokenizer.json says, while tokenizers-native files carry ``Replace(" {2,}")`` and a
-splitting Metaspace. Both forms are supported; anything else is refused with a clear error.
+splitting Metaspace. All Metaspace modes are supported; anything else is refused with a clear error.
 
-Where HF and ``sentencepiece`` differ, and what is done about it:
+Where HF and ``sentencepiece`` differ (each difference was measured), and what is done:
 
+* **Lattice arithmetic.** spm (and so ``tensorflow_text.SentencepieceTokenizer``) scores the
+  Viterbi lattice in float32, HF in float64. Repeated text ("hahaha", emoji runs, "wordword")
+  has segmentations whose scores tie exactly in real arithmetic; rounding then decides, and the
+  spm op picked other pieces than HF on 2 of the 87 lines of the shipped corpus. So no spm op is
+  used: :class:`UnigramViterbi` runs HF's ``encode_optimized`` in float64 with HF's order of
+  additions and tie rule (the piece that starts first wins), on a trie of the HF vocab. The graph
+  therefore needs no TF-Text op library at all (core TF ops only).
 * **The charsmap is applied per grapheme by HF, per longest match by spm.** HF walks extended
   grapheme clusters; a cluster shorter than 6 bytes that *starts* with a charsmap key is replaced
-  by the value of the SHORTEST such key (the rest of the cluster is dropped: ``"ﬁ\\u0301" -> "fi"``,
-  ``"e\\u0302\\u0301" -> "ê"``); longer clusters are mapped char by char (NFD Korean jamo and
-  half-width kana + dakuten stay decomposed). spm instead composes them. So the normalizer is NOT
-  run by spm: :class:`PrecompiledNormalizer` reimplements HF's algorithm on code points, with the
-  keys decoded from the charsmap and the grapheme-break rules of UAX #29 (GB3-GB13, incl. GB9c
-  and GB11). The per-code-point break properties come from the ``regex`` package and are then
-  corrected by probing the HF normalizer itself wherever a property changes its output, so the
-  graph follows the Unicode tables inside ``tokenizers``, not TF's or Python's.
+  by the value of the SHORTEST such key (the rest of the cluster is dropped: ``"ﬁ\u0301" -> "fi"``,
+  ``"e\u0302\u0301" -> "ê"``); longer clusters are mapped char by char (NFD Korean jamo and
+  half-width kana + dakuten stay decomposed), where spm composes them. :class:`PrecompiledNormalizer`
+  reimplements HF's algorithm on code points with the rules decoded from the charsmap and the
+  grapheme-break rules of UAX #29 (GB3-GB13, incl. GB9c and GB11). The per-code-point break
+  properties come from the ``regex`` package, then are corrected by probing the HF normalizer
+  itself wherever a property changes its output, so the graph follows the Unicode tables inside
+  ``tokenizers``, not TF's or Python's.
 * **Whitespace.** spm strips and collapses whitespace and adds one dummy prefix per sentence; HF
-  splits on Unicode White_Space (or on ``▁`` only) and prefixes ``▁`` per word (``always``), per
-  text piece, or only at offset 0 (``first``), and never when the word already starts with ``▁``.
-  The pre-tokenizer is emulated here; spm only sees finished pre-tokens (identity normalizer, no
-  dummy prefix, no whitespace handling).
-* **The vocabulary.** HF's Unigram lattice contains every vocab entry (``<s>``, ``<pad>``,
-  ``<mask>`` too: ``"＜ｓ＞"`` normalizes to ``"<s>"`` and becomes id 0), while spm never matches
-  control pieces. The in-graph model therefore holds exactly HF's pieces and scores as NORMAL
-  pieces (the unknown piece as UNKNOWN); unknown characters become one ``<unk>`` per run in both.
-* **Ids.** ``sentencepiece.bpe.model`` (used when shipped and consistent with the HF vocab) has
-  spm ids (``<unk>``=0, ``<s>``=1, ``</s>``=2); HF has the fairseq layout (``<s>``=0, ``<pad>``=1,
-  ``</s>``=2, ``<unk>``=3, pieces shifted by one, ``<mask>`` last). A table derived from the two
-  vocabularies maps spm ids to HF ids in-graph. With only ``tokenizer.json`` the model is built
-  from its Unigram vocab and the same table is used.
-* **NUL bytes** are ordinary characters in every op used here (no ``regex_split``); they end up as
-  ``<unk>`` as in HF.
+  splits on Unicode White_Space (WhitespaceSplit) or on ``▁`` only, and prefixes ``▁`` per word
+  (``always``), only at offset 0 (``first``) or never, and not when the word starts with ``▁``.
+* **The vocabulary.** HF's lattice holds every vocab entry (``"＜ｓ＞"`` normalizes to ``"<s>"``
+  and becomes id 0), spm never matches control pieces. The trie holds exactly HF's pieces.
+* **Ids.** ``sentencepiece.bpe.model`` has spm ids (``<unk>``=0, ``<s>``=1, ``</s>``=2); HF has
+  the fairseq layout (``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, pieces shifted by one,
+  ``<mask>`` last). When the file is shipped it is checked against the HF vocab through the
+  id table derived from both (:func:`spm_to_hf_ids`), and recorded as ``vocab_source``; the graph
+  always emits HF ids, built from the Unigram vocab that sentence-transformers actually runs.
+
+Other inputs:
+
+* **NUL bytes** are ordinary characters in every op used here (no ``regex_split``, whose RE2
+  input stops at NUL); they end up as ``<unk>`` as in HF.
 * **Invalid UTF-8** (a server receives raw bytes): decoded like Python's
   ``bytes.decode("utf-8", "replace")`` (one U+FFFD per maximal invalid subsequence, see
   ``common.decode_utf8``); the ids are those of HF on that decoded string. Nothing crashes.
+* **Huge inputs.** Only the first ``max_seq_length`` pre-tokens of a text piece can reach the
+  output, so the rest is dropped before the Viterbi. A pre-token of more than 1024 characters
+  runs in chunks and stops once its first ``max_seq_length`` pieces are settled. A word whose
+  segmentation stays ambiguous to its very end (250,000 identical emoji) needs the whole
+  sequential programme: exact, but seconds per megabyte.
 
-Known limit: spm scores the lattice in float32, HF in float64. Two segmentations whose scores
-differ by less than float32 rounding could be ranked differently; none was seen in the tests.
-
-Ops used: ``SentencepieceOp``/``SentencepieceTokenizeOp`` (``_sentencepiece_tokenizer.so``, in
-TF-Text since 2.0) plus core TF ops; nothing newer than TF-Text 2.12.
+Ops used: core TensorFlow only (hash tables, gathers, ``tf.while_loop``); nothing from TF-Text,
+so any TF >= 2.12 server loads the graph without op libraries.
 """
 from __future__ import annotations
 
@@ -96,6 +104,8 @@ SPM_FILES = ("sentencepiece.bpe.model", "spiece.model", "sentencepiece.model")
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # HF's Precompiled normalizer maps a whole grapheme only when it is shorter than this many bytes
 GRAPHEME_MAX_BYTES = 6
+# dynamic-programme steps per tf.while_loop iteration
+UNROLL = 4
 
 
 # ------------------------------------------------------------------------------------ model proto
@@ -291,7 +301,7 @@ def _assigned_probe_set() -> np.ndarray:
     return np.flatnonzero(~skip)
 
 
-def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:
+def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:  # noqa: C901
     """Per-code-point grapheme-break properties, as HF's Precompiled normalizer observes them.
 
     Starts from the ``regex`` tables, then asks HF's own normalizer (``normalize``: str -> str)
@@ -359,6 +369,13 @@ def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:
     return props
 
 
+@lru_cache(maxsize=8)
+def _probed_properties(charsmap: bytes) -> np.ndarray:
+    from tokenizers import normalizers
+
+    return grapheme_properties(normalizers.Precompiled(charsmap).normalize_str, decode_charsmap(charsmap))
+
+
 @_no_autograph
 def _utf8_len(v: tf.Tensor) -> tf.Tensor:
     return (1 + tf.cast(v >= 0x80, tf.int64) + tf.cast(v >= 0x800, tf.int64) + tf.cast(v >= 0x10000, tf.int64))
@@ -410,9 +427,8 @@ class PrecompiledNormalizer(tf.Module):
         from tokenizers import normalizers
 
         keys = decode_charsmap(charsmap)
-        hf = normalizers.Precompiled(charsmap)
         self.n_rules = len(keys)
-        self.props = RangeTable(grapheme_properties(hf.normalize_str, keys), name="grapheme_props")
+        self.props = RangeTable(_probed_properties(charsmap), name="grapheme_props")
         # rules reachable from the graph: one character, or a prefix of a grapheme < 6 bytes
         short = {k: v for k, v in keys.items() if len(k.encode("utf-8")) < GRAPHEME_MAX_BYTES}
         self.max_key_chars = max((len(k) for k in short), default=1)
@@ -600,7 +616,7 @@ class UnigramViterbi(tf.Module):
         self.unk_id = int(unk_id)
         self.max_tokens = int(max_tokens)
         self.long_word = int(long_word)
-        self.chunk = int(chunk)
+        self.chunk = -(-int(chunk) // UNROLL) * UNROLL
         self.n_nodes = len(node_piece)
         self._scores = np.array(scores + [unk_score, -np.inf], dtype=np.float64)  # last: no piece
         self._ids = np.array(list(range(len(vocab))) + [unk_id, unk_id], dtype=np.int64)
@@ -613,10 +629,11 @@ class UnigramViterbi(tf.Module):
     # -- candidates ----------------------------------------------------------------------------
     @_scoped("sp_candidates")
     def candidates(self, v: tf.Tensor, row_end: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """The pieces ending at each position, longest first: ``(slot int32 [N, L], score f64 [N, L])``.
+        """The pieces ending at each position, longest first: slots, int32 ``[N, L]``.
 
-        Column ``k`` holds the piece of length ``L - k`` ending there (slot ``len(vocab) + 1`` and
-        score -inf: none; slot ``len(vocab)``: an unknown character).
+        Column ``k`` holds the piece of length ``L - k`` ending there (``len(vocab) + 1``: none,
+        score -inf; ``len(vocab)``: an unknown character). Scores are looked up from the slots
+        where needed, so a long text costs 4, not 12, bytes per character and column.
         """
         n = tf.size(v, out_type=tf.int64)
         lm = self.max_len
@@ -649,20 +666,9 @@ class UnigramViterbi(tf.Module):
         # no one-character piece: the character is unknown
         last_col = tf.where(tf.equal(slot[:, lm - 1], none), self.unk_slot, slot[:, lm - 1])
         slot = tf.concat([slot[:, : lm - 1], last_col[:, None]], axis=1)
-        return slot, tf.gather(tf.constant(self._scores), slot)
+        return slot
 
     # -- the dynamic programme -----------------------------------------------------------------
-    @_no_autograph
-    def _step(self, score, starts, t, window):
-        """One position for every pre-token: the column of the winning piece, the new window."""
-        lm = self.max_len
-        rows = tf.minimum(starts + tf.cast(t - 1, tf.int64), tf.shape(score, out_type=tf.int64)[0] - 1)
-        sc = tf.gather(score, tf.maximum(rows, 0)) + window  # window[:, k] = best[t - (L - k)]
-        best = tf.reduce_max(sc, axis=1)
-        # ties: the first column, i.e. the piece that starts first
-        k = tf.reduce_min(tf.where(tf.equal(sc, best[:, None]), tf.range(lm)[None, :], lm), axis=1)
-        return k, tf.concat([window[:, 1:], best[:, None]], axis=1)
-
     @_no_autograph
     def _window0(self, w):
         lm = self.max_len
@@ -670,7 +676,7 @@ class UnigramViterbi(tf.Module):
                           tf.zeros(tf.stack([w, 1]), tf.float64)], axis=1)
 
     @_scoped("sp_forward")
-    def _short(self, slot, score, starts, lens) -> tf.RaggedTensor:
+    def _short(self, slot, starts, lens) -> tf.RaggedTensor:
         """Best paths of pre-tokens of at most ``long_word`` code points -> HF ids ``[W, (n)]``.
 
         Pre-tokens are sorted longest first, so step t of the programme touches only the prefix
@@ -692,19 +698,32 @@ class UnigramViterbi(tf.Module):
         e_step = tf.repeat(tf.range(1, big_t + 1), active[1:])
         e_rank = tf.range(total) - tf.gather(offs, e_step - 1)
         rows = tf.gather(s_starts, e_rank) + tf.cast(e_step - 1, tf.int64)
-        cand = tf.gather(score, rows)  # [total, L]
+        cand = tf.gather(tf.constant(self._scores), tf.gather(slot, rows))  # [total, L]
 
-        def body(t, window, ta):
-            n = active[t]
-            c = tf.slice(cand, tf.stack([offs[t - 1], 0]), tf.stack([n, lm]))
-            window = window[:n]
-            best = tf.reduce_max(c + window, axis=1, keepdims=True)
-            return t + 1, tf.concat([window[:, 1:], best], axis=1), ta.write(t - 1, best[:, 0])
+        # UNROLL steps per loop iteration (the loop's own bookkeeping costs as much as a step);
+        # steps past the end touch nothing (zero rows)
+        n_loops = (big_t + UNROLL - 1) // UNROLL
+        pad = n_loops * UNROLL - big_t
+        rows_at = tf.concat([active[1:], tf.zeros(tf.reshape(pad, [1]), tf.int32)], 0)
+        first_at = tf.concat([offs[:-1], tf.fill(tf.reshape(pad, [1]), total)], 0)
+        begin = tf.reshape(tf.stack([first_at, tf.zeros_like(first_at)], 1), [n_loops, UNROLL, 2])
+        size = tf.reshape(tf.stack([rows_at, tf.fill(tf.shape(rows_at), lm)], 1), [n_loops, UNROLL, 2])
+        origin = tf.zeros([2], tf.int32)
+
+        def body(i, window, ta):
+            b_i, s_i = begin[i], size[i]
+            for j in range(UNROLL):
+                window = tf.slice(window, origin, s_i[j])
+                window.set_shape([None, lm])
+                best = tf.reduce_max(tf.slice(cand, b_i[j], s_i[j]) + window, axis=1)
+                window = tf.concat([window[:, 1:], best[:, None]], axis=1)
+                ta = ta.write(i * UNROLL + j, best)
+            return i + 1, window, ta
 
         _, _, ta = tf.while_loop(
-            lambda t, *_: t <= big_t, body,
-            (tf.constant(1), self._window0(w),
-             tf.TensorArray(tf.float64, size=big_t, element_shape=[None], infer_shape=False)),
+            lambda i, *_: i < n_loops, body,
+            (tf.constant(0), self._window0(w),
+             tf.TensorArray(tf.float64, size=n_loops * UNROLL, element_shape=[None], infer_shape=False)),
             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, lm]), tf.TensorShape(None)))
         best = tf.cond(big_t > 0, ta.concat, lambda: tf.zeros([0], tf.float64))  # [total], step-major
         # the window each entry saw: best at step t - L + k of the same pre-token
@@ -721,14 +740,20 @@ class UnigramViterbi(tf.Module):
         # walk back one piece per step, all pre-tokens at once
         ranks = tf.range(w)
 
-        def back(i, cur, ta):
-            e = tf.gather(offs, tf.maximum(cur - 1, 0)) + ranks
-            step = lm - tf.gather(k, tf.minimum(e, tf.maximum(total - 1, 0)))
-            return i + 1, tf.where(cur > 0, cur - step, 0), ta.write(i, cur)
+        last = tf.maximum(total - 1, 0)
 
-        n_iter, _, ta = tf.while_loop(
+        def back(i, cur, ta):
+            for j in range(UNROLL):
+                e = tf.gather(offs, tf.maximum(cur - 1, 0)) + ranks
+                step = lm - tf.gather(k, tf.minimum(e, last))
+                ta = ta.write(i * UNROLL + j, cur)
+                cur = tf.where(cur > 0, cur - step, 0)
+            return i + 1, cur, ta
+
+        n_loops, _, ta = tf.while_loop(
             lambda i, cur, ta: tf.reduce_any(cur > 0), back,
             (tf.constant(0), s_lens, tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
+        n_iter = n_loops * UNROLL
         ends = tf.cond(n_iter > 0, lambda: tf.transpose(ta.stack()), lambda: tf.zeros(tf.stack([w, 0]), tf.int32))
         counts = tf.reduce_sum(tf.cast(ends > 0, tf.int32), axis=1)
         ends = tf.reverse_sequence(ends, counts, seq_axis=1, batch_axis=0)  # first piece first
@@ -749,35 +774,58 @@ class UnigramViterbi(tf.Module):
         return tf.RaggedTensor.from_row_lengths(ids, counts, validate=False)
 
     @_scoped("sp_long")
-    def _forward_long(self, score, starts, lens):
+    def _forward_long(self, slot, starts, lens):
         """The programme for long pre-tokens: in chunks of positions, stopping where the first
         ``max_tokens`` pieces are settled. Returns ``(columns [T+1, W], end [W])``: the winning
-        column per position (row 0 unused) and the position each path is read back from."""
+        column per position (row 0 unused) and the position each path is read back from.
+
+        As in :meth:`_short`, the loop carries only best scores; the winning columns of a chunk
+        are recomputed from them, vectorised, once the chunk is done.
+        """
+        lm = self.max_len
         w = tf.size(starts)
         lens32 = tf.cast(lens, tf.int32)
-        chunk = self.chunk
+        chunk = self.chunk  # a multiple of UNROLL
+        n_rows = tf.shape(slot, out_type=tf.int64)[0]
+        scores = tf.constant(self._scores)
+        kk = tf.range(lm)
 
         def outer(t0, window, acc, end, next_check):
-            def inner(t, window, ta):
-                k, window = self._step(score, starts, t, window)
-                return t + 1, window, ta.write(t - t0, k)
-
             longest = tf.reduce_max(tf.where(end < 0, lens32, 0))
-            stop = tf.minimum(t0 + chunk, longest + 1)
-            t1, window, ta = tf.while_loop(lambda t, *_: t < stop, inner,
-                                           (t0, window, tf.TensorArray(tf.int32, size=stop - t0, element_shape=[None])))
-            acc = tf.concat([acc, ta.stack()], axis=0)
-            last = t1 - 1
+            n = tf.minimum(chunk, longest + 1 - t0)
+            n_pad = (n + UNROLL - 1) // UNROLL * UNROLL
+            pos = t0 + tf.range(n_pad)
+            rows = tf.minimum(starts[None, :] + tf.cast(pos - 1, tf.int64)[:, None], n_rows - 1)
+            block = tf.gather(scores, tf.gather(slot, rows))  # [n_pad, W, L]
+
+            def inner(i, win, ta):
+                for j in range(UNROLL):
+                    best = tf.reduce_max(block[i * UNROLL + j] + win, axis=1)
+                    win = tf.concat([win[:, 1:], best[:, None]], axis=1)
+                    ta = ta.write(i * UNROLL + j, best)
+                return i + 1, win, ta
+
+            _, window_out, ta = tf.while_loop(
+                lambda i, *_: i * UNROLL < n_pad, inner,
+                (tf.constant(0), window, tf.TensorArray(tf.float64, size=n_pad, element_shape=[None])))
+            # best at positions t0 - L .. t0 + n_pad - 1, then the window each position saw
+            hist = tf.concat([tf.transpose(window), ta.stack()], axis=0)
+            seen = tf.transpose(tf.gather(hist, tf.range(n_pad)[:, None] + kk[None, :]), [0, 2, 1])  # [n_pad, W, L]
+            sc = block + seen
+            top = tf.reduce_max(sc, axis=2, keepdims=True)
+            k = tf.reduce_min(tf.where(tf.equal(sc, top), kk[None, None, :], lm), axis=2)
+            acc = tf.concat([acc, k], axis=0)
+            last = t0 + n_pad - 1
             due = last >= next_check
             end = tf.cond(due, lambda: self._settle(acc, last, lens32, end), lambda: end)
-            return t1, window, acc, end, tf.where(due, next_check * 2, next_check)
+            return t0 + n_pad, window_out, acc, end, tf.where(due, next_check * 2, next_check)
 
         _, _, acc, end, _ = tf.while_loop(
             lambda t0, window, acc, end, nc: tf.reduce_any((t0 <= lens32) & (end < 0)),
             outer,
             (tf.constant(1), self._window0(w), tf.zeros(tf.stack([1, w]), tf.int32), tf.fill([w], -1),
              tf.constant(max(self.max_tokens, chunk))),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, self.max_len]), tf.TensorShape([None, None]),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, lm]), tf.TensorShape([None, None]),
                               tf.TensorShape([None]), tf.TensorShape([])),
         )
         return acc, tf.where(end < 0, lens32, end)
@@ -831,16 +879,16 @@ class UnigramViterbi(tf.Module):
         words = words.with_row_splits_dtype(tf.int64)
         splits = words.row_splits
         row_end = tf.gather(splits[1:], words.value_rowids())
-        slot, score = self.candidates(words.flat_values, row_end)
+        slot = self.candidates(words.flat_values, row_end)
         starts, lens = splits[:-1], splits[1:] - splits[:-1]
         long = lens > self.long_word
         long_sel = tf.where(long)[:, 0]
         short_sel = tf.where(~long)[:, 0]
-        short_ids = self._short(slot, score, tf.gather(starts, short_sel), tf.gather(lens, short_sel))
+        short_ids = self._short(slot, tf.gather(starts, short_sel), tf.gather(lens, short_sel))
         l_starts, l_lens = tf.gather(starts, long_sel), tf.gather(lens, long_sel)
 
         def long_path():
-            cols, end = self._forward_long(score, l_starts, l_lens)
+            cols, end = self._forward_long(slot, l_starts, l_lens)
             ids = self._read_paths(cols, end, slot, l_starts)[:, : self.max_tokens]
             return ids.flat_values, ids.row_splits
 
@@ -935,13 +983,11 @@ def _normalizer_steps(normalizer: dict | None) -> list[tuple]:
         content = normalizer.get("content")
         if pattern.get("Regex") == " {2,}" and content == " ":
             return [("collapse_spaces",)]
-        if "String" in pattern and len(pattern["String"]) == 1 and content is not None:
-            return [("replace_char", pattern["String"], content)]
     if kind == "Lowercase":
         return [("lowercase",)]
     raise UnsupportedError(
         f"unsupported normalizer for a Unigram tokenizer: {json.dumps(normalizer)[:200]}. Supported: "
-        "Precompiled, Replace(' {2,}' -> ' '), Replace(one character), Lowercase, Sequence of those"
+        "Precompiled, Replace(' {2,}' -> ' '), Lowercase, Sequence of those"
     )
 
 
@@ -1007,9 +1053,6 @@ class SentencePieceTokenizer(InGraphTokenizer):
                 self._steps.append(("precompiled", PrecompiledNormalizer(step[1], name="precompiled")))
             elif step[0] == "lowercase":
                 self._steps.append(("map", CodepointMap(_lowercase_map(), name="lowercase")))
-            elif step[0] == "replace_char":
-                self._steps.append(("map", CodepointMap({ord(step[1]): [ord(c) for c in step[2]]},
-                                                        name="replace")))
             else:
                 self._steps.append(step)
         self._modules = [s[1] for s in self._steps if len(s) > 1 and isinstance(s[1], tf.Module)]
