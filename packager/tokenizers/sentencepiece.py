@@ -79,7 +79,9 @@ from .common import (
     CodepointMap,
     InGraphTokenizer,
     RangeTable,
-    encode_utf8,
+    repeat_range,
+    rowids,
+    splits_from_lengths,
 )
 
 log = logging.getLogger(__name__)
@@ -424,8 +426,6 @@ class PrecompiledNormalizer(tf.Module):
 
     def __init__(self, charsmap: bytes, name: str | None = None):
         super().__init__(name=name)
-        from tokenizers import normalizers
-
         keys = decode_charsmap(charsmap)
         self.n_rules = len(keys)
         self.props = RangeTable(_probed_properties(charsmap), name="grapheme_props")
@@ -437,11 +437,18 @@ class PrecompiledNormalizer(tf.Module):
         self._lens = lens
         self._splits = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         self._values = np.array([ord(c) for _, v in items for c in v] or [0], dtype=np.int32)
+        # one-character rules by code point (every character is looked up), longer ones by their
+        # packed UTF-8 bytes (looked up only inside graphemes of several characters)
+        single = [(ord(k), i) for i, (k, _) in enumerate(items) if len(k) == 1]
+        multi = [(pack_utf8(k), i) for i, (k, _) in enumerate(items) if len(k) > 1] or [(-2, 0)]
+        self.single = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant([c for c, _ in single] or [-2], tf.int64),
+                                                tf.constant([i for _, i in single] or [0], tf.int64)),
+            default_value=-1)
         self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant([pack_utf8(k) for k, _ in items], tf.int64), tf.range(len(items), dtype=tf.int64)),
-            default_value=-1,
-        )
+            tf.lookup.KeyValueTensorInitializer(tf.constant([c for c, _ in multi], tf.int64),
+                                                tf.constant([i for _, i in multi], tf.int64)),
+            default_value=-1)
 
     @_no_autograph
     def breaks(self, v: tf.Tensor, first: tf.Tensor, piece_start: tf.Tensor) -> tf.Tensor:
@@ -514,14 +521,14 @@ class PrecompiledNormalizer(tf.Module):
         starts = pieces.row_splits[:-1]
         first = tf.scatter_nd(tf.reshape(tf.boolean_mask(starts, starts < n), [-1, 1]),
                               tf.ones_like(tf.boolean_mask(starts, starts < n), tf.bool), [n])
-        brk = self.breaks(v, first, tf.gather(pieces.row_splits, pieces.value_rowids()))
-        nbytes = _utf8_len(v)
-        ubytes = _utf8_bytes(v)
+        brk = self.breaks(v, first, tf.gather(pieces.row_splits, rowids(pieces.row_splits)))
         # rule of each single character
-        slot1 = self.table.lookup(nbytes * 2**40 + ubytes)
+        slot1 = self.single.lookup(tf.cast(v, tf.int64))
 
         def multi_char_graphemes():
             """Graphemes of several characters and < 6 bytes take the shortest key that is a prefix."""
+            nbytes = _utf8_len(v)
+            ubytes = _utf8_bytes(v)
             gstart = tf.where(brk)[:, 0]  # [G]
             gid = tf.cumsum(tf.cast(brk, tf.int64)) - 1
             g_chars = tf.concat([gstart[1:], tf.reshape(n, [1])], 0) - gstart
@@ -555,7 +562,7 @@ class PrecompiledNormalizer(tf.Module):
             lens = tf.where(dropped, tf.zeros_like(idx),
                             tf.where(char_slot >= 0, tf.gather(tf.constant(self._lens), tf.maximum(char_slot, 0)), 1))
             out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
-            src = tf.repeat(idx, lens)
+            src = repeat_range(lens)
             within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
             s = tf.gather(char_slot, src)
             from_table = tf.gather(tf.constant(self._values),
@@ -695,7 +702,7 @@ class UnigramViterbi(tf.Module):
         active = tf.searchsorted(-s_lens, -tf.range(big_t + 1), side="right", out_type=tf.int32)  # [T+1]
         offs = tf.concat([[0], tf.cumsum(active[1:])], 0)  # step t starts at offs[t - 1]
         total = offs[-1]
-        e_step = tf.repeat(tf.range(1, big_t + 1), active[1:])
+        e_step = tf.cast(repeat_range(active[1:]), tf.int32) + 1
         e_rank = tf.range(total) - tf.gather(offs, e_step - 1)
         rows = tf.gather(s_starts, e_rank) + tf.cast(e_step - 1, tf.int64)
         cand = tf.gather(tf.constant(self._scores), tf.gather(slot, rows))  # [total, L]
@@ -737,29 +744,30 @@ class UnigramViterbi(tf.Module):
         # ties: the first column, i.e. the piece that starts first
         k = tf.reduce_min(tf.where(tf.equal(sc, top), kk[None, :], lm), axis=1)  # [total]
 
-        # walk back one piece per step, all pre-tokens at once
-        ranks = tf.range(w)
+        # the best paths: from each pre-token's last entry follow the parents (entry of the
+        # position the winning piece starts at), marking entries by pointer doubling
+        length = lm - k
+        p_step = e_step - length
+        root = total  # one sentinel entry: every path ends there
+        parent = tf.concat([tf.where(p_step >= 1, tf.gather(offs, tf.maximum(p_step - 1, 0)) + e_rank, root),
+                            tf.reshape(root, [1])], 0)
+        last_entry = tf.gather(offs, tf.maximum(s_lens - 1, 0)) + tf.range(w)
+        on = tf.tensor_scatter_nd_max(tf.zeros(tf.reshape(total + 1, [1]), tf.int32),
+                                      tf.where(s_lens > 0, last_entry, root)[:, None], tf.ones([w], tf.int32))
+        rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(big_t, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
 
-        last = tf.maximum(total - 1, 0)
+        def double(i, on, jump):
+            reached = tf.math.unsorted_segment_max(on, jump, total + 1)
+            return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
 
-        def back(i, cur, ta):
-            for j in range(UNROLL):
-                e = tf.gather(offs, tf.maximum(cur - 1, 0)) + ranks
-                step = lm - tf.gather(k, tf.minimum(e, last))
-                ta = ta.write(i * UNROLL + j, cur)
-                cur = tf.where(cur > 0, cur - step, 0)
-            return i + 1, cur, ta
-
-        n_loops, _, ta = tf.while_loop(
-            lambda i, cur, ta: tf.reduce_any(cur > 0), back,
-            (tf.constant(0), s_lens, tf.TensorArray(tf.int32, size=0, dynamic_size=True, element_shape=[None])))
-        n_iter = n_loops * UNROLL
-        ends = tf.cond(n_iter > 0, lambda: tf.transpose(ta.stack()), lambda: tf.zeros(tf.stack([w, 0]), tf.int32))
-        counts = tf.reduce_sum(tf.cast(ends > 0, tf.int32), axis=1)
-        ends = tf.reverse_sequence(ends, counts, seq_axis=1, batch_axis=0)  # first piece first
-        where = tf.cast(tf.where(tf.sequence_mask(counts, n_iter)), tf.int32)
-        rank, pos = where[:, 0], tf.gather_nd(ends, where)
-        e = tf.gather(offs, pos - 1) + rank
+        _, on, _ = tf.while_loop(lambda i, *_: i < rounds, double, (tf.constant(0), on, parent))
+        # entries of each pre-token in position order: rank-major index = first char of the rank + t - 1
+        rank_first = tf.concat([[0], tf.cumsum(s_lens)[:-1]], 0)
+        rank_major = tf.gather(rank_first, e_rank) + e_step - 1
+        on_rm = tf.scatter_nd(rank_major[:, None], on[:total], tf.reshape(total, [1]))
+        by_rank = tf.scatter_nd(rank_major[:, None], tf.range(total), tf.reshape(total, [1]))
+        e = tf.boolean_mask(by_rank, on_rm > 0)  # path entries, pre-token by pre-token, in order
+        rank = tf.gather(e_rank, e)
         slots = tf.gather_nd(slot, tf.stack([tf.gather(rows, e), tf.cast(tf.gather(k, e), tf.int64)], axis=1))
         ids = self._fuse_unknowns(rank, tf.gather(tf.constant(self._ids), slots), w)
         return tf.gather(ids, tf.math.invert_permutation(order))
@@ -878,7 +886,7 @@ class UnigramViterbi(tf.Module):
         """Code points of pre-tokens ``[W, (chars)]`` -> HF ids ``[W, (n)]``."""
         words = words.with_row_splits_dtype(tf.int64)
         splits = words.row_splits
-        row_end = tf.gather(splits[1:], words.value_rowids())
+        row_end = tf.gather(splits[1:], rowids(splits))
         slot = self.candidates(words.flat_values, row_end)
         starts, lens = splits[:-1], splits[1:] - splits[:-1]
         long = lens > self.long_word
@@ -958,10 +966,11 @@ def _collapse_spaces(pieces: tf.RaggedTensor) -> tf.RaggedTensor:
     v = pieces.flat_values
     n = tf.size(v, out_type=tf.int64)
     idx = tf.range(n)
-    starts = tf.gather(pieces.row_splits, pieces.value_rowids())
-    prev_space = (idx > starts) & tf.equal(tf.gather(v, tf.maximum(idx - 1, 0)), 32)
-    return tf.ragged.boolean_mask(pieces, tf.RaggedTensor.from_row_splits(
-        ~(tf.equal(v, 32) & prev_space), pieces.row_splits, validate=False))
+    row = rowids(pieces.row_splits)
+    prev_space = (idx > tf.gather(pieces.row_splits, row)) & tf.equal(tf.gather(v, tf.maximum(idx - 1, 0)), 32)
+    keep = ~(tf.equal(v, 32) & prev_space)
+    kept = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int64), row, pieces.nrows())
+    return tf.RaggedTensor.from_row_splits(tf.boolean_mask(v, keep), splits_from_lengths(kept), validate=False)
 
 
 def _normalizer_steps(normalizer: dict | None) -> list[tuple]:
@@ -1087,8 +1096,8 @@ class SentencePieceTokenizer(InGraphTokenizer):
         v = pieces.flat_values
         n = tf.size(v, out_type=tf.int64)
         idx = tf.range(n)
-        rowids = pieces.value_rowids()
-        piece_start = tf.gather(pieces.row_splits, rowids)
+        row_of = rowids(pieces.row_splits)
+        piece_start = tf.gather(pieces.row_splits, row_of)
         at_start = idx == piece_start
         if self.whitespace_split:
             ws = self.white_space.lookup(v) > 0
@@ -1109,7 +1118,7 @@ class SentencePieceTokenizer(InGraphTokenizer):
             elif scheme == "first":
                 # HF prepends only to the split at original offset 0: the first word of the first
                 # piece of a sentence when no whitespace precedes it
-                prepend = word_start & ~is_repl & at_start & tf.gather(is_first, rowids)
+                prepend = word_start & ~is_repl & at_start & tf.gather(is_first, row_of)
             token_start = word_start | (is_repl & keep) if self.metaspace["split"] else word_start
         else:
             token_start = word_start
@@ -1120,14 +1129,14 @@ class SentencePieceTokenizer(InGraphTokenizer):
         kp = tf.gather(prepend, kept_idx)
         kt = tf.gather(token_start, kept_idx)
         # only the first max_seq_length pre-tokens of a piece can reach the output (each gives >= 1 id)
-        k_piece = tf.gather(rowids, kept_idx)
+        k_piece = tf.gather(row_of, kept_idx)
         rank = tf.cumsum(tf.cast(kt, tf.int64)) - 1
         first_rank = tf.gather(tf.math.unsorted_segment_min(rank, k_piece, pieces.nrows()), k_piece)
         useful = rank - first_rank < self.max_seq_length
         kv, kp, kt, k_piece = (tf.boolean_mask(x, useful) for x in (kv, kp, kt, k_piece))
         lens = 1 + tf.cast(kp, tf.int64)
         out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
-        src = tf.repeat(tf.range(tf.size(kv, out_type=tf.int64)), lens)
+        src = repeat_range(lens)
         within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
         is_added = tf.gather(kp, src) & (within == 0)
         repl = ord(self.metaspace["replacement"]) if self.metaspace else 0
