@@ -79,6 +79,7 @@ from .common import (
     CodepointMap,
     InGraphTokenizer,
     RangeTable,
+    cached_probe,
     repeat_range,
     rowids,
     splits_from_lengths,
@@ -371,11 +372,14 @@ def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:  # noqa:
     return props
 
 
-@lru_cache(maxsize=8)
 def _probed_properties(charsmap: bytes) -> np.ndarray:
+    """:func:`grapheme_properties` for a charsmap, cached in memory and on disk (common.cached_probe)
+    by the charsmap and the versions of ``tokenizers`` and ``regex``."""
+    import regex
     from tokenizers import normalizers
 
-    return grapheme_properties(normalizers.Precompiled(charsmap).normalize_str, decode_charsmap(charsmap))
+    return cached_probe(f"grapheme_props_regex{regex.__version__}", normalizers.Precompiled(charsmap),
+                        lambda norm: grapheme_properties(norm.normalize_str, decode_charsmap(charsmap)))
 
 
 @_no_autograph
