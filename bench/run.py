@@ -223,11 +223,10 @@ def bench_model(label: str, model_dir: Path, args, workdir: Path) -> dict:
     result["tokenizer"] = interleaved(tok_contenders, texts, 64, args.rounds)
     result["tokenizer"]["ratio"] = (result["tokenizer"]["graph_tokenize"]["sentences_per_s"]
                                     / result["tokenizer"]["hf_fast_tokenizer"]["sentences_per_s"])
-    if args.served:
+    if args.served and label in args.served_models:
         from bench.served import bench_served
 
-        result["served"] = bench_served(export_dir, model_dir, texts, args, workdir, label,
-                                        in_process=result["throughput"].get("32", {}).get("graph"))
+        result["served"] = bench_served(export_dir, texts[: args.served_texts], workdir=workdir)
     return result
 
 
@@ -263,12 +262,16 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--quick", action="store_true", help="fewer texts and rounds (a smoke run)")
     p.add_argument("--no-onnx", action="store_true")
-    p.add_argument("--served", action="store_true", help="also benchmark through a local tritonserver")
+    p.add_argument("--no-served", dest="served", action="store_false",
+                   help="skip the served benchmark (a local tritonserver, HTTP and gRPC, concurrency 1/4/16)")
+    p.add_argument("--served-models", default="all-MiniLM-L6-v2", help="comma list of models to serve (labels)")
+    p.add_argument("--served-texts", type=int, default=384, help="texts per served measurement")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.served_models = args.served_models.split(",")
     if args.quick:
-        args.texts, args.rounds = 128, 2
+        args.texts, args.rounds, args.served_texts = 128, 2, 96
     set_threads(args.threads)
     import onnxruntime
     import tensorflow as tf

@@ -17,8 +17,9 @@ Speed by construction (issue 7), without changing the arithmetic beyond float ro
   ``[N, H]``; only attention sees the padded ``[B, T]`` layout, so padding costs little;
 - the padding mask (and MPNet's relative position bias) becomes one additive bias tensor per
   call, shared by all layers;
-- token type 0 (the only one single sentences use) is folded into the position table.
-Shapes are static per call (no Python loop over the batch), so XLA can compile it later.
+- token type 0 (the only one single sentences use) is folded into the position table;
+- a batch is sorted by length and run in chunks of similar length (:meth:`PostLNEncoder.__call__`),
+  so a short sentence batched with a long passage is not padded to its length in attention.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import ModelError, UnsupportedError
+
+# Chunks of a sorted batch hold about this many (padded) tokens: enough rows for efficient matmuls,
+# few enough that a chunk's rows have similar lengths (measured in bench/chunking.py).
+CHUNK_TOKENS = 1024
 
 # Added to the scores of padded keys. Same value Hugging Face uses (torch.finfo(float32).min), so
 # padded keys get exactly zero weight and real tokens see the same softmax as an unpadded batch.
@@ -286,7 +291,39 @@ class PostLNEncoder(tf.Module):
     @tf.function(input_signature=INPUT_SIGNATURE)
     def __call__(self, input_ids, attention_mask):
         """``input_ids``, ``attention_mask`` int64 ``[B, T]`` -> ``last_hidden_state`` float32 ``[B, T, H]``."""
-        return self.forward(input_ids, attention_mask)
+        if not self.unpad:
+            return self.forward(input_ids, attention_mask)
+        return self.forward_sorted(input_ids, attention_mask)
+
+    def forward_sorted(self, input_ids, attention_mask, chunk_tokens: int = CHUNK_TOKENS):
+        """:meth:`forward` over length-sorted chunks of the batch; the same result up to float rounding.
+
+        Rows are sorted by extent (last real position + 1), longest first. Each chunk starts at the
+        longest remaining row (extent ``L``), takes ``max(1, chunk_tokens // L)`` rows and is cut to
+        ``L`` columns, so attention sees little padding however mixed the batch is. Outputs are padded
+        back to ``T`` (zeros, as :meth:`forward` leaves padded positions) and put back in input order.
+        Only columns after a row's last real token are cut, so positions are unchanged.
+        """
+        shape = tf.shape(input_ids)
+        batch, seq = shape[0], shape[1]
+        cols = tf.range(1, seq + 1, dtype=tf.int32)[tf.newaxis, :]
+        extent = tf.reduce_max(tf.where(attention_mask > 0, cols, 0), axis=1)  # [B]
+        order = tf.argsort(extent, direction="DESCENDING", stable=True)
+        sorted_extent = tf.gather(extent, order)
+        ids_sorted, mask_sorted = tf.gather(input_ids, order), tf.gather(attention_mask, order)
+
+        def body(start, out):
+            length = tf.maximum(sorted_extent[start], 1)
+            rows = tf.minimum(tf.maximum(chunk_tokens // length, 1), batch - start)
+            h = self.forward(ids_sorted[start:start + rows, :length], mask_sorted[start:start + rows, :length])
+            h = tf.pad(h, [[0, 0], [0, seq - length], [0, 0]])
+            return start + rows, out.write(out.size(), h)
+
+        out = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
+                             element_shape=tf.TensorShape([None, None, self.hidden_size]))
+        _, out = tf.while_loop(lambda start, _: start < batch, body, (tf.constant(0), out))
+        h_sorted = tf.cond(batch > 0, out.concat, lambda: tf.zeros([0, seq, self.hidden_size]))
+        return tf.gather(h_sorted, tf.math.invert_permutation(order))
 
     def forward(self, input_ids, attention_mask):
         """The forward pass without a ``tf.function`` wrapper (for composing into a bigger graph)."""
