@@ -198,15 +198,16 @@ def bench_model(label: str, model_dir: Path, args, workdir: Path) -> dict:
     contenders = {"graph": graph_embed, "st": st_contender(st)}
     if not args.no_onnx:
         contenders["onnx"] = onnx_contender(st, args.threads, workdir)
-    texts = make_corpus(args.texts, seed=1)
+    texts = make_corpus(args.base_texts if label.startswith("mpnet-base") else args.texts, seed=1)
     # Sanity: every contender returns the same embeddings before anything is timed.
     ref = contenders["st"](texts[:16])
     for name, fn in contenders.items():
         diff = float(np.abs(fn(texts[:16]) - ref).max())
         result.setdefault("max_abs_diff_vs_st", {})[name] = diff
     result["throughput"] = {}
-    for batch in args.batches:
-        n = min(len(texts), args.texts if batch > 1 else args.texts // 4)
+    big = label.startswith("mpnet-base")
+    for batch in (args.base_batches if big else args.batches):
+        n = len(texts) if batch > 1 else len(texts) // 4
         result["throughput"][str(batch)] = interleaved(contenders, texts[:n], batch, args.rounds)
         row = result["throughput"][str(batch)]
         print(f"   batch {batch:>4}: " + "  ".join(f"{k} {v['sentences_per_s']:8.1f}/s" for k, v in row.items()), flush=True)
@@ -257,8 +258,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="default,mpnet-base", help="comma list: default, mpnet-base, or model folders")
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
-    p.add_argument("--texts", type=int, default=512, help="texts per timed round (batch 1 uses a quarter)")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--texts", type=int, default=256, help="texts per timed round (batch 1 uses a quarter)")
+    p.add_argument("--base-texts", type=int, default=48, help="the same for the mpnet-base-sized model (8x the work)")
+    p.add_argument("--base-batches", default="1,8,32", help="batch sizes for the mpnet-base-sized model")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--quick", action="store_true", help="fewer texts and rounds (a smoke run)")
     p.add_argument("--no-onnx", action="store_true")
@@ -269,9 +272,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.base_batches = [int(b) for b in args.base_batches.split(",")]
     args.served_models = args.served_models.split(",")
     if args.quick:
-        args.texts, args.rounds, args.served_texts = 128, 2, 96
+        args.texts, args.base_texts, args.rounds, args.served_texts = 128, 16, 2, 96
     set_threads(args.threads)
     import onnxruntime
     import tensorflow as tf
@@ -304,13 +308,17 @@ def main(argv=None) -> int:
                 model_dir = Path(label)
                 label = model_dir.name
             results["models"][label] = bench_model(label.split(" ")[0], model_dir, args, work)
+            write(results, args)  # after each model: a long run that is stopped keeps what it measured
+    return 0
+
+
+def write(results: dict, args) -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.date.today().isoformat()}-{socket.gethostname()}"
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / (stem + '.json')} and .png")
-    return 0
+    print(f"wrote {out_dir / (stem + '.json')} and .png", flush=True)
 
 
 if __name__ == "__main__":

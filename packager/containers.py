@@ -36,7 +36,6 @@ from typing import Callable
 from .errors import PackagerError
 
 CACHE_DIR = Path(os.environ.get("PACKAGER_CACHE", Path.home() / ".cache" / "packager"))
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "compose"
 # Bump when the recipe changes in a way the hashed inputs do not show.
 RECIPE_VERSION = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -213,13 +212,10 @@ class TritonCpuSpec:
 
 def render_triton_cpu_dockerfile(spec: TritonCpuSpec, base: str, *, ca_bundle: str | None) -> str:
     """Render the CPU Triton Dockerfile (pure: no docker needed)."""
-    import jinja2
+    from .targets import render_template
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True, autoescape=False,
-    )
-    return env.get_template("Dockerfile.triton-cpu.j2").render(
+    return render_template(
+        "compose/Dockerfile.triton-cpu.j2",
         base_image=base, ca_bundle=ca_bundle, **{k: v for k, v in asdict(spec).items() if k != "repository"}
     )
 

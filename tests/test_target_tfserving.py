@@ -184,3 +184,21 @@ def test_tfserving_version_matches_sentence_transformers_when_loaded_like_the_se
     report = v.compare(corpus, v.reference_embeddings(reference, corpus), got)
     assert report.ok, report.render()
     assert report.max_abs_diff <= 1e-5
+
+
+@pytest.mark.parametrize("target, options", [
+    ("tfserving", {"server_version": "9.99"}),
+    ("triton", {"backend": "tensorflow", "server_version": "24.01"}),
+])
+def test_build_refuses_an_unknown_server_version_before_exporting(tmp_path, monkeypatch, target, options):
+    import packager.graph
+    from packager.errors import TargetError
+    from packager.targets import build
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the server release was checked")
+
+    monkeypatch.setattr(packager.graph, "export", no_export)
+    with pytest.raises(TargetError, match=r"unsupported .* release '(9\.99|24\.01)'. Supported: "):
+        build(None, target=target, output=tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()

@@ -67,6 +67,8 @@ def test_triton_config_parses_with_model_config_pb2_when_default_options(backend
         assert cfg.backend == "python" and not cfg.platform
         assert not cfg.input[0].HasField("reshape")  # model.py takes the [batch, 1] tensor as sent
         assert not cfg.HasField("model_operations")
+        runtime = {k: cfg.parameters[k].string_value for k in ("onednn", "intra_op_threads", "inter_op_threads")}
+        assert runtime == {"onednn": "1", "intra_op_threads": "0", "inter_op_threads": "0"}
     else:
         assert cfg.platform == "tensorflow_savedmodel" and not cfg.backend
         # The signature takes [batch] strings: the per-row dim of 1 is reshaped away.
@@ -79,8 +81,10 @@ def test_triton_config_carries_every_option_when_set():
     opts = TritonOptions(
         backend="python", max_batch_size=32, preferred_batch_sizes=(8, 16), max_queue_delay_us=250,
         instance_count=3, instance_kind="gpu", gpus=(0, 1), warmup=False, version_policy="all",
+        onednn=False, intra_op_threads=2, inter_op_threads=1,
     )
     cfg = parse_config(triton.render_config(MANIFEST, name="m", options=opts))
+    assert [cfg.parameters[k].string_value for k in ("onednn", "intra_op_threads", "inter_op_threads")] == ["0", "2", "1"]
     assert cfg.max_batch_size == 32
     assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
@@ -97,7 +101,7 @@ def test_triton_config_carries_every_option_when_set():
 @pytest.mark.parametrize("kwargs", [
     {"backend": "onnx"}, {"max_batch_size": 0}, {"preferred_batch_sizes": (128,)}, {"instance_count": 0},
     {"instance_kind": "KIND_TPU"}, {"gpus": (0,)}, {"repo_mount": "models"}, {"repo_mount": '/m"\n'},
-    {"version_policy": "newest"}, {"max_queue_delay_us": -1},
+    {"version_policy": "newest"}, {"max_queue_delay_us": -1}, {"intra_op_threads": -1},
 ])
 def test_triton_options_raise_target_error_when_invalid(kwargs):
     with pytest.raises(TargetError, match="invalid Triton options"):

@@ -392,3 +392,43 @@ def test_combining_class_reordering_is_needed_only_for_rare_marks():
     non_mn = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000
               and unicodedata.combining(chr(c)) and unicodedata.category(chr(c)) != "Mn"]
     assert 0 < len(non_mn) < 100
+
+
+def _with_extra_vocab(hf, extra: list[str]):
+    """A copy of ``hf`` whose WordPiece vocabulary has ``extra`` tokens appended."""
+    import copy
+    import json
+
+    from tokenizers import Tokenizer
+
+    data = common.tokenizer_json(hf)
+    vocab = data["model"]["vocab"]
+    for tok in extra:
+        vocab[tok] = len(vocab)
+    out = copy.deepcopy(hf)
+    out._tokenizer = Tokenizer.from_str(json.dumps(data))
+    return out
+
+
+def test_wordpiece_vocab_tokens_no_word_can_reach_are_dropped_even_when_over_tf_text_limit(tiny_bert):
+    """Vocabularies trained on noisy text hold tokens like "##" + 128 emoji (512 bytes, over TF-Text's
+    256-byte limit). No word can produce them (HF sends words over 100 characters to [UNK]), so the
+    export must work and give HF's ids."""
+    spec = load_spec(tiny_bert)
+    hf = _with_extra_vocab(load_hf_tokenizer(spec.transformer, tiny_bert), ["##" + "😀" * 128, "😀" * 101, "😀" * 3])
+    tok = WordPieceTokenizer(hf, 64)
+    texts = ["😀" * 128, "a" + "😀" * 128, "😀" * 101, "😀" * 100, "😀" * 3, "x 😀😀😀 y", "plain words"]
+    ids, mask = tok.tokenize(tf.constant(texts))
+    exp_ids, exp_mask = _hf_reference(hf, texts, 64)
+    np.testing.assert_array_equal(ids.numpy(), exp_ids)
+    np.testing.assert_array_equal(mask.numpy(), exp_mask)
+    assert hf.convert_tokens_to_ids("😀" * 3) in exp_ids  # the reachable extra token is really used
+
+
+def test_wordpiece_reachable_vocab_token_over_tf_text_limit_is_a_clear_error(tiny_bert):
+    from packager.errors import UnsupportedError
+
+    spec = load_spec(tiny_bert)
+    hf = _with_extra_vocab(load_hf_tokenizer(spec.transformer, tiny_bert), ["😀" * 70])  # 70 chars, 280 bytes
+    with pytest.raises(UnsupportedError, match=r"280 UTF-8 bytes\) is longer than the 256 bytes"):
+        WordPieceTokenizer(hf, 64)

@@ -44,7 +44,7 @@ def _wordpiece_vocab(lines, vocab_size, lowercase, strip_accents, chinese, speci
 def _save_st(hf_dir: Path, out: Path, max_seq_length: int, pooling: str | list[str], dense: dict | None,
              normalize: bool) -> Path:
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
     modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling)]

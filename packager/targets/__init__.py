@@ -40,6 +40,20 @@ def _comment(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=True)
 
 
+def yaml_str(value: Any) -> str:
+    """A YAML double-quoted scalar that Compose reads back as exactly ``value``.
+
+    JSON strings are valid YAML double-quoted scalars; ``$`` is doubled because Compose substitutes
+    ``$VAR`` and ``${VAR}`` in every string value.
+    """
+    return json.dumps(str(value).replace("$", "$$"), ensure_ascii=True)
+
+
+def _docker_arg(value: Any) -> str:
+    """A Dockerfile JSON-array item (exec form), never a shell word."""
+    return json.dumps(str(value), ensure_ascii=True)
+
+
 @lru_cache(maxsize=1)
 def _env():
     import jinja2
@@ -59,6 +73,8 @@ def _env():
     env.filters["pyrepr"] = repr  # a Python literal: the only safe way to put a string into code
     env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False)
     env.filters["shquote"] = lambda v: __import__("shlex").quote(str(v))
+    env.filters["q"] = yaml_str  # compose YAML
+    env.filters["dq"] = _docker_arg  # Dockerfile exec form
     return env
 
 
@@ -207,12 +223,17 @@ def build(
 
     if target not in TARGETS:
         raise TargetError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    # Check the options before the (slow) export, so a typo fails in a second.
+    # Check the options before the (slow) export, so a typo fails in a second ...
     if target == "triton":
         from .triton import TritonOptions as cls
     else:
         from .tfserving import TFServingOptions as cls
-    _options(cls, target_options)
+    opts = _options(cls, target_options)
+    # ... and the server release (a typo in --server-version must not cost an export).
+    if target == "tfserving":
+        _server("tfserving", opts.server_version)
+    elif opts.backend == "tensorflow" and not opts.image:
+        _server("triton-tensorflow", opts.server_version)
     out = Path(output or DEFAULT_OUTPUT[target]).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     # Export beside the output (same filesystem: the SavedModel's files are copied once, locally).
@@ -252,6 +273,10 @@ def add_cli_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--image", help="Triton image the repository targets (TF backend: decides the op libraries' TF)")
     t.add_argument("--repo-mount", help="where the repository is mounted in the container (default /models)")
     t.add_argument("--max-string-bytes", type=int, help="python backend: longer strings are refused (default 262144)")
+    t.add_argument("--intra-op-threads", type=int, help="python backend: threads per TensorFlow op (default 0: one per core)")
+    t.add_argument("--inter-op-threads", type=int, help="python backend: TensorFlow ops run at once (default 0: TF's default)")
+    t.add_argument("--no-onednn", dest="onednn", action="store_const", const=False,
+                   help="python backend: turn TensorFlow's oneDNN rewrites off (on by default: fused matmul+GELU)")
     p.add_argument("--server-version", help="server release to build for (Triton TF backend: 25.02; TF-Serving: 2.12 .. 2.20)")
     s = p.add_argument_group("tfserving")
     s.add_argument("--base-path-prefix", help="where the base folder is mounted in the container (default /models)")

@@ -28,13 +28,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import TargetError
+from . import render_template
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "compose"
 # Triton's TensorFlow backend ended with 25.02; the Python backend runs on any later image.
 TRITON_TF_IMAGE = "nvcr.io/nvidia/tritonserver:25.02-tf2-python-py3"
 TRITON_PY_BASE_IMAGE = "nvcr.io/nvidia/tritonserver:25.03-py3"
@@ -200,37 +199,6 @@ def _installed(dist: str, default: str) -> str:
         return default
 
 
-def yaml_str(value: Any) -> str:
-    """A YAML double-quoted scalar that Compose reads back as exactly ``value``.
-
-    JSON strings are valid YAML double-quoted scalars; ``$`` is doubled because Compose substitutes
-    ``$VAR`` and ``${VAR}`` in every string value.
-    """
-    return json.dumps(str(value).replace("$", "$$"), ensure_ascii=True)
-
-
-def _docker_arg(value: Any) -> str:
-    """A Dockerfile JSON-array item (exec form), never a shell word."""
-    return json.dumps(str(value), ensure_ascii=True)
-
-
-@lru_cache(maxsize=1)
-def _env():
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["q"] = yaml_str
-    env.filters["dq"] = _docker_arg
-    return env
-
-
 def _port(bind: str, host: int, container: int) -> str:
     host_ip = f"[{bind}]" if ":" in bind else bind
     return f"{host_ip}:{host}:{container}"
@@ -341,15 +309,19 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
             "TF_NUM_INTEROP_THREADS": str(inter),
             "OMP_NUM_THREADS": str(o.threads),
             "TF_CPP_MIN_LOG_LEVEL": "1",
-        } if o.target == "triton" else {},
+            # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
+            "TF_ENABLE_ONEDNN_OPTS": "1",
+        } if o.target == "triton" else {
+            # TF-Serving takes its thread counts as flags (server_command); oneDNN from the environment.
+            "TF_ENABLE_ONEDNN_OPTS": "1",
+        },
         gpu_count=o.gpu_count,
         inter=inter,
     )
-    env = _env()
     return {
-        "docker-compose.yml": env.get_template("docker-compose.yml.j2").render(**ctx),
-        "Dockerfile": env.get_template(f"Dockerfile.{o.stack_name.removesuffix('-gpu')}.j2").render(**ctx),
-        "README.md": env.get_template("README.md.j2").render(**ctx),
+        "docker-compose.yml": render_template("compose/docker-compose.yml.j2", **ctx),
+        "Dockerfile": render_template(f"compose/Dockerfile.{o.stack_name.removesuffix('-gpu')}.j2", **ctx),
+        "README.md": render_template("compose/README.md.j2", **ctx),
     }
 
 

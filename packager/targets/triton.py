@@ -64,6 +64,9 @@ class TritonOptions:
         latest_versions: how many versions ``"latest"`` serves.
         max_string_bytes: python backend: longer strings get a per-request error (0: no limit).
         server_version: tensorflow backend: the Triton release (packager.servers; default 25.02).
+        onednn: python backend: TensorFlow's oneDNN graph rewrites (fused MatMul + BiasAdd + GELU).
+        intra_op_threads: python backend: threads per TensorFlow op (0: one per core).
+        inter_op_threads: python backend: ops run at once (0: TensorFlow's default).
     """
 
     backend: str = "python"
@@ -82,6 +85,9 @@ class TritonOptions:
     latest_versions: int = 1
     max_string_bytes: int = 256 * 1024
     server_version: str | None = None
+    onednn: bool = True
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
 
     def __post_init__(self):
         problems = []
@@ -116,6 +122,8 @@ class TritonOptions:
             problems.append("latest_versions must be >= 1")
         if self.max_string_bytes < 0:
             problems.append("max_string_bytes must be >= 0")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            problems.append("thread counts must be >= 0 (0: TensorFlow's default)")
         if problems:
             raise TargetError("invalid Triton options: " + "; ".join(problems))
 
@@ -195,6 +203,8 @@ def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image
         op_dir=OP_DIR,
         repo_mount=options.repo_mount.rstrip("/") or "",
         warmup=warmup_samples(options),
+        runtime={"onednn": "1" if options.onednn else "0", "intra_op_threads": str(options.intra_op_threads),
+                 "inter_op_threads": str(options.inter_op_threads)},
     )
 
 

@@ -94,6 +94,36 @@ def _check_pre_tokenizer(pre: dict | None) -> None:
             f"unsupported WordPiece pre-tokenizer {kind!r}. Supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
 
 
+# TF-Text's FastWordpieceTokenizer refuses vocabulary tokens longer than this (UTF-8 bytes, suffix
+# indicator excluded).
+FAST_WORDPIECE_MAX_TOKEN_BYTES = 256
+
+
+def usable_vocab(tokens: list, prefix: str, max_chars: int, keep: str) -> list[str]:
+    """The vocabulary as FastWordpieceTokenizer gets it: id order kept, unusable slots filled.
+
+    * ids no token has get a filler that no word can equal (words never contain spaces);
+    * a token longer than ``max_chars`` characters (prefix excluded) can never be produced: Hugging
+      Face maps every word longer than ``max_input_chars_per_word`` to the unknown token, and a
+      word holding that token would be longer still. It gets a filler too (real vocabularies
+      trained on noisy text hold such tokens, e.g. long emoji runs, which TF-Text would refuse);
+    * a token that can be produced but is longer than TF-Text's limit cannot be represented: a
+      clear error, rather than a tokenizer that silently differs.
+    """
+    out = []
+    for i, tok in enumerate(tokens):
+        core = tok[len(prefix):] if tok is not None and prefix and tok.startswith(prefix) else tok
+        if tok is None or (tok != keep and len(core) > max_chars):
+            out.append(f"  unused {i} ")
+            continue
+        if len(core.encode("utf-8")) > FAST_WORDPIECE_MAX_TOKEN_BYTES:
+            raise UnsupportedError(
+                f"WordPiece vocabulary token {i} ({tok[:40]!r}..., {len(core.encode('utf-8'))} UTF-8 bytes) is longer "
+                f"than the {FAST_WORDPIECE_MAX_TOKEN_BYTES} bytes TF-Text's FastWordpieceTokenizer supports")
+        out.append(tok)
+    return out
+
+
 class WordPieceTokenizer(InGraphTokenizer):
     """The HF WordPiece fast tokenizer, in the graph.
 
@@ -167,14 +197,13 @@ class WordPieceTokenizer(InGraphTokenizer):
         tokens = [None] * size
         for tok, i in vocab.items():
             tokens[i] = tok
-        # ids no vocab token has: a filler that no word can equal (words never contain spaces)
-        tokens = [t if t is not None else f"  unused {i} " for i, t in enumerate(tokens)]
         self.unk_token = model.get("unk_token", "[UNK]")
         if self.unk_token not in vocab:
             raise UnsupportedError(f"WordPiece unk_token {self.unk_token!r} is not in the vocabulary")
         self.unk_id = int(vocab[self.unk_token])
         self.max_chars = int(model.get("max_input_chars_per_word", 100))
         prefix = model.get("continuing_subword_prefix", "##")
+        tokens = usable_vocab(tokens, prefix, self.max_chars, keep=self.unk_token)
         self.wordpiece = text.FastWordpieceTokenizer(
             vocab=tokens, suffix_indicator=prefix, max_bytes_per_word=max(4 * self.max_chars + 4, 8 * len(self.unk_token)),
             token_out_type=tf.int64, unknown_token=self.unk_token, no_pretokenization=True,
