@@ -174,8 +174,10 @@ def export_stats(model_dir: Path, out: Path) -> dict:
     code = ("import sys; from packager.graph import export; "
             "export(sys.argv[1], sys.argv[2], force=True)")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(model_dir), str(out)], check=True,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(model_dir), str(out)],
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"export of {model_dir} failed:\n{proc.stderr[-3000:]}")
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -186,12 +188,23 @@ def export_stats(model_dir: Path, out: Path) -> dict:
             "weights_mb": weights / 2**20, "op_libraries": manifest["op_libraries"]}
 
 
+def _commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "") if rev else "unknown"
+    except OSError:
+        return "unknown"
+
+
 def bench_model(label: str, model_dir: Path, args, workdir: Path) -> dict:
     from packager.verify import reference_model
 
     print(f"== {label}: {model_dir}", flush=True)
     export_dir = workdir / f"export-{label}"
-    result = {"model_dir": str(model_dir), "export": export_stats(model_dir, export_dir)}
+    result = {"model_dir": str(model_dir), "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "commit": _commit(), "export": export_stats(model_dir, export_dir)}
     print(f"   export {result['export']['seconds']:.1f}s", flush=True)
     st = reference_model(model_dir)
     graph_embed, graph_tok = graph_contender(export_dir)
@@ -313,10 +326,17 @@ def main(argv=None) -> int:
 
 
 def write(results: dict, args) -> None:
+    """Write today's JSON and plot. Models measured earlier today and not in this run are kept
+    (each model entry records its own date and commit), so ``--models`` can fill in one model."""
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.date.today().isoformat()}-{socket.gethostname()}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = out_dir / f"{stem}.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text()).get("models", {})
+        results = dict(results, models={**{k: v for k, v in earlier.items() if k not in results["models"]},
+                                        **results["models"]})
+    path.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / (stem + '.json')} and .png", flush=True)
 
