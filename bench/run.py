@@ -313,9 +313,15 @@ def main(argv=None) -> int:
             elif label == "mpnet-base":
                 import tiny_models
 
+                from packager.source import resolve_model
+
+                # all-mpnet-base-v2's shape, random weights, and BERT's uncased WordPiece vocabulary
+                # (the one all-mpnet-base-v2's is built from, taken from the embedded default model), so
+                # texts have realistic token counts.
+                bert_vocab = (resolve_model(None)[0] / "vocab.txt").read_text(encoding="utf-8").splitlines()
                 model_dir = tiny_models.make_mpnet(work / "mpnet-base", hidden=768, layers=12, heads=12,
                                                    intermediate=3072, max_position=514, max_seq_length=384,
-                                                   vocab_size=2000)
+                                                   wordpieces=bert_vocab)
                 label = "mpnet-base-sized (random)"
             else:
                 model_dir = Path(label)

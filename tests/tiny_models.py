@@ -95,7 +95,7 @@ def make_bert(root: Path, *, model_type="bert", lowercase=True, strip_accents=No
 
 def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=600,
                seed=1, hidden=32, layers=2, heads=4, intermediate=37, max_position=130,
-               unk_token="[UNK]", mask_normalized=False) -> Path:
+               unk_token="[UNK]", mask_normalized=False, wordpieces: list[str] | None = None) -> Path:
     """A tiny MPNet model (relative position bias) whose tokenizer is laid out like all-mpnet-base-v2's.
 
     Vocabulary: ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, then a trained lower-cased WordPiece
@@ -106,6 +106,8 @@ def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, nor
     Args:
         unk_token: the WordPiece unknown token (``"<unk>"`` gives the other common layout).
         mask_normalized: make ``<mask>`` a normalized added token (matched after lower-casing).
+        wordpieces: a WordPiece vocabulary to use instead of training one (e.g. BERT's uncased vocab,
+            which all-mpnet-base-v2's is built from: realistic token counts for benchmarks).
     """
     import torch
     import transformers as tr
@@ -115,7 +117,7 @@ def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, nor
     hf_dir = root / "hf"
     hf_dir.mkdir(parents=True, exist_ok=True)
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    trained = _wordpiece_vocab(training_text(seed=seed), vocab_size, True, None, True, ["[PAD]", "[UNK]"])
+    trained = wordpieces or _wordpiece_vocab(training_text(seed=seed), vocab_size, True, None, True, ["[PAD]", "[UNK]"])
     vocab = specials + [t for t in trained if t not in specials and t != "[PAD]"] + ["<mask>"]
     (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # transformers 5's MPNetTokenizer takes the vocabulary itself (it ignores vocab_file)
