@@ -277,3 +277,19 @@ def test_encoder_gives_same_output_when_saved_and_reloaded_as_saved_model(fixtur
     (out,) = serve(input_ids=tf.constant(ids), attention_mask=tf.constant(mask)).values()
     np.testing.assert_array_equal(out.numpy(), _run(encoder, ids, mask))
     np.testing.assert_array_equal(loaded(tf.constant(ids), tf.constant(mask)).numpy(), out.numpy())
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 16, 64, 100000])
+def test_sorted_chunks_match_hugging_face_when_a_mixed_batch_is_split(tiny_mpnet, chunk_tokens):
+    """The batch is sorted by length and run in chunks (one row each at 1, all rows at 100000);
+    rows come back in input order, equal to HF on real tokens and zero on padding. MPNet, because its
+    relative position bias depends on the (chunk-cut) sequence length."""
+    cfg = _hf_config(tiny_mpnet)
+    ids, mask = _padded_batch(cfg, [3, 40, 1, 17, 40, 2, 9, 33], seed=5)
+    enc = _encoder(tiny_mpnet)
+    got = enc.forward_sorted(tf.constant(ids), tf.constant(mask), chunk_tokens=chunk_tokens).numpy()
+    assert got.shape == ids.shape + (cfg["hidden_size"],)
+    assert _real_diff(got, _reference(_torch_model(tiny_mpnet), ids, mask), mask) < 1e-5
+    assert not got[~mask.astype(bool)].any()
+    empty = enc.forward_sorted(tf.zeros([0, 7], tf.int64), tf.zeros([0, 7], tf.int64), chunk_tokens=chunk_tokens)
+    assert empty.shape == (0, 7, cfg["hidden_size"])

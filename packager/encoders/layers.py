@@ -312,17 +312,19 @@ class PostLNEncoder(tf.Module):
         sorted_extent = tf.gather(extent, order)
         ids_sorted, mask_sorted = tf.gather(input_ids, order), tf.gather(attention_mask, order)
 
-        def body(start, out):
+        def body(start, done):
             length = tf.maximum(sorted_extent[start], 1)
             rows = tf.minimum(tf.maximum(chunk_tokens // length, 1), batch - start)
             h = self.forward(ids_sorted[start:start + rows, :length], mask_sorted[start:start + rows, :length])
             h = tf.pad(h, [[0, 0], [0, seq - length], [0, 0]])
-            return start + rows, out.write(out.size(), h)
+            return start + rows, tf.concat([done, h], axis=0)
 
-        out = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
-                             element_shape=tf.TensorShape([None, None, self.hidden_size]))
-        _, out = tf.while_loop(lambda start, _: start < batch, body, (tf.constant(0), out))
-        h_sorted = tf.cond(batch > 0, out.concat, lambda: tf.zeros([0, seq, self.hidden_size]))
+        # The chunks are collected by concatenation, not in a growing TensorArray: that one needs
+        # TensorListSetItem's resize_if_index_out_of_bounds, which TF <= 2.12 (TF-Serving 2.12) lacks.
+        # Chunks are few (about 10 at batch 128), so the copies cost ~1% of the call (bench/chunking.py).
+        _, h_sorted = tf.while_loop(
+            lambda start, _: start < batch, body, (tf.constant(0), tf.zeros([0, seq, self.hidden_size])),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None, self.hidden_size])))
         return tf.gather(h_sorted, tf.math.invert_permutation(order))
 
     def forward(self, input_ids, attention_mask):
