@@ -10,7 +10,7 @@ Three jobs, all driven by data generated from the real packages (never a hand-ty
   TF-Text release, in ``packager/data/opsets/*.json``;
 * **check a target**: :func:`check_compatible` compares the graph with a server's op set
   (see :mod:`packager.servers`) and raises :class:`~packager.errors.TargetError` naming each
-  missing op and the releases that have it (attrs an older runtime ignores give a warning).
+  missing op or attr and the releases that have it.
 
 It also loads op libraries in-process (:func:`load_op_libraries`) and fetches the op libraries
 of another TF-Text release from PyPI for a server image (:func:`fetch_op_libraries`).
@@ -529,22 +529,24 @@ class CompatibilityWarning(UserWarning):
     """The target runs the graph, but ignores an attr a node sets."""
 
 
-def check_compatible(manifest_or_export_dir, server, *, strict_attrs: bool = False) -> None:
+def check_compatible(manifest_or_export_dir, server, *, strict_attrs: bool = True) -> None:
     """Refuse a server whose TF / TF-Text cannot run the graph; call it before writing anything.
 
-    Every op type (graph and function library) must be registered in the server's op set.
-    Attrs are checked too, but an attr unknown to the server only gives a
-    :class:`CompatibilityWarning`: TF 2.12 and later log "Unknown attributes will be ignored"
-    and load the graph anyway (seen with TF 2.12.1's C++ SavedModel loader, the one TF-Serving
-    and Triton use). Default-valued attrs are stripped at export, so such an attr is always a
-    non-default one; attrs known to be informational (``VarHandleOp.debug_name``, added in TF
-    2.15) pass silently.
+    Every op type (graph and function library) must be registered in the server's op set, and
+    every attr a node sets must be known to it. TF 2.12 and later log "Unknown attributes will be
+    ignored" and load such a graph anyway, but an ignored attr can change what the op does:
+    ``TensorListSetItem.resize_if_index_out_of_bounds`` (TF 2.13+, set by a growing TensorArray)
+    made TF 2.12 fail at the first call ("Trying to modify element 0 in a list with 0 elements"),
+    which the compat test caught. So an unknown attr is refused; default-valued attrs are stripped
+    at export, so such an attr is always a non-default one. Attrs known to be informational
+    (``VarHandleOp.debug_name``, added in TF 2.15) pass silently.
 
     Args:
         manifest_or_export_dir: an export folder (full check of ops and attrs), its
             ``packager.json``, or a manifest dict (op names only).
         server: a :class:`packager.servers.Server` or a spec like ``"tfserving:2.12"``.
-        strict_attrs: refuse on unknown attrs as well.
+        strict_attrs: ``False`` turns an unknown attr into a :class:`CompatibilityWarning`
+            (for a graph whose attrs were checked by hand).
 
     Raises:
         TargetError: one message naming each missing op (or attr, when strict) and the releases

@@ -117,8 +117,9 @@ def render(results: dict) -> str:
             "## What the default export needs from each release",
             "",
             "Every op type and non-default attr of the export (graph and function library) against each "
-            "generated op set (`packager/data/opsets/`). A missing op makes the release refuse; an unknown attr is "
-            "ignored by TF >= 2.12 at load (\"Unknown attributes will be ignored\").",
+            "generated op set (`packager/data/opsets/`). A missing op or an unknown attr makes the release refuse: "
+            "TF >= 2.12 ignores unknown attrs at load (\"Unknown attributes will be ignored\"), but an ignored attr "
+            "can change what the op does; only informational ones (VarHandleOp.debug_name) pass.",
             "",
             "| release | missing ops | attrs it does not know |",
             "| --- | --- | --- |",
