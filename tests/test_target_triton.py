@@ -20,6 +20,7 @@ from packager.errors import TargetError
 from packager.targets import build_from_export, sanitize, triton
 from packager.targets.triton import TritonOptions, bytes_tensor_file, read_bytes_tensor_file
 from packager.targets.writer import write_tree
+from test_build_interrupted import default_sigint
 from tiny_models import exported
 
 MANIFEST = {
@@ -256,7 +257,7 @@ def test_writer_leaves_old_or_new_tree_when_killed_mid_write(tmp_path):
     delays = [0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 1.8, 2.5, 3.5]
     for round_, delay in enumerate(delays):
         proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(dest), str(round_ + 1)],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         assert proc.stdout.readline().strip() == "go"
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL if round_ % 2 == 0 else signal.SIGINT)
