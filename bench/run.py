@@ -340,8 +340,8 @@ def write(results: dict, args) -> None:
     path = out_dir / f"{stem}.json"
     if path.is_file():
         earlier = json.loads(path.read_text()).get("models", {})
-        results = dict(results, models={**{k: v for k, v in earlier.items() if k not in results["models"]},
-                                        **results["models"]})
+        results = dict(results, models={**results["models"],
+                                        **{k: v for k, v in earlier.items() if k not in results["models"]}})
     path.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / (stem + '.json')} and .png", flush=True)
