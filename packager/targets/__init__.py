@@ -107,15 +107,18 @@ def _server(kind: str, version: str | None):
     return get_server(kind, version)
 
 
-def _tf_backend_op_libraries(export_dir: Path, manifest: Mapping, options) -> tuple[dict[str, Path], str, str]:
-    """Op libraries built for the TensorFlow inside the chosen Triton TF-backend image.
+def _target_server(target: str, options):
+    """The server table row a build targets (packager.servers), or None for the Triton python backend.
 
-    Returns:
-        (library file name -> cached .so path, the image's TF version, the image).
+    Resolved from the options alone, so :func:`build` can refuse a bad ``--server-version`` or
+    ``--image`` before the (slow) export.
     """
-    from ..oplibs import check_compatible, fetch_op_libraries
     from ..servers import servers_of
 
+    if target == "tfserving":
+        return _server("tfserving", options.server_version)
+    if options.backend != "tensorflow":
+        return None
     if options.image:
         known = {s.image: s for s in servers_of("triton-tensorflow")}
         if options.image not in known:
@@ -123,13 +126,22 @@ def _tf_backend_op_libraries(export_dir: Path, manifest: Mapping, options) -> tu
                 f"no op libraries are known for {options.image!r}: the tensorflow backend needs TF-Text kernels "
                 f"built for the exact TensorFlow inside the image. Supported images: {', '.join(known)}"
             )
-        srv = known[options.image]
-    else:
-        srv = _server("triton-tensorflow", options.server_version)
+        return known[options.image]
+    return _server("triton-tensorflow", options.server_version)
+
+
+def _tf_backend_op_libraries(export_dir: Path, manifest: Mapping, srv) -> dict[str, Path]:
+    """Op libraries built for the TensorFlow inside the chosen Triton TF-backend image ``srv``.
+
+    Returns:
+        library file name -> cached .so path.
+    """
+    from ..oplibs import check_compatible, fetch_op_libraries
+
     check_compatible(export_dir, srv)
     needed = list(manifest.get("op_libraries", []))
     paths = fetch_op_libraries(srv.tensorflow_text, python_version=srv.python or "3.12", libraries=needed) if needed else []
-    return {Path(p).name: Path(p) for p in paths}, srv.tensorflow, srv.image
+    return {Path(p).name: Path(p) for p in paths}
 
 
 def build_from_export(
@@ -175,9 +187,10 @@ def build_from_export(
 
         opts = _options(triton.TritonOptions, target_options)
         libs, image_tf = ({}, manifest.get("tensorflow"))
-        if opts.backend == "tensorflow":
-            libs, image_tf, image = _tf_backend_op_libraries(export_dir, manifest, opts)
-            opts = replace(opts, image=image)
+        srv = _target_server(target, opts)
+        if srv is not None:
+            libs, image_tf = _tf_backend_op_libraries(export_dir, manifest, srv), srv.tensorflow
+            opts = replace(opts, image=srv.image)
         files = triton.render(manifest, export_dir, name=model_name, version=int(version), options=opts,
                               op_library_files=libs, image_tf=image_tf)
         # Stage beside the repository, not in it: Triton refuses to start on a folder it cannot load.
@@ -189,7 +202,7 @@ def build_from_export(
     opts = _options(tfserving.TFServingOptions, target_options)
     from ..oplibs import check_compatible
 
-    srv = _server("tfserving", opts.server_version)
+    srv = _target_server(target, opts)
     check_compatible(export_dir, srv)  # before anything is written: an op the server lacks fails here
     opts = replace(opts, image=opts.image or srv.image)
     existing = out / tfserving.MODELS_CONFIG
@@ -228,12 +241,8 @@ def build(
         from .triton import TritonOptions as cls
     else:
         from .tfserving import TFServingOptions as cls
-    opts = _options(cls, target_options)
-    # ... and the server release (a typo in --server-version must not cost an export).
-    if target == "tfserving":
-        _server("tfserving", opts.server_version)
-    elif opts.backend == "tensorflow" and not opts.image:
-        _server("triton-tensorflow", opts.server_version)
+    # ... and the server release (a typo in --server-version or --image must not cost an export).
+    _target_server(target, _options(cls, target_options))
     out = Path(output or DEFAULT_OUTPUT[target]).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     # Export beside the output (same filesystem: the SavedModel's files are copied once, locally).

@@ -304,15 +304,13 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
         ports=[(name, _port(o.bind_address, host, inner)) for name, host, inner in ports],
         published=[(name, host) for name, host, _ in ports],
         environment={
-            # TensorFlow reads these at start-up (both the TF backend and TF inside the Python backend).
-            "TF_NUM_INTRAOP_THREADS": str(o.threads),
-            "TF_NUM_INTEROP_THREADS": str(inter),
-            "OMP_NUM_THREADS": str(o.threads),
-            "TF_CPP_MIN_LOG_LEVEL": "1",
+            # TensorFlow reads these at start-up (both the TF backend and TF inside the Python backend);
+            # TF-Serving takes its thread counts as flags instead (server_command).
+            **({"TF_NUM_INTRAOP_THREADS": str(o.threads),
+                "TF_NUM_INTEROP_THREADS": str(inter),
+                "OMP_NUM_THREADS": str(o.threads),
+                "TF_CPP_MIN_LOG_LEVEL": "1"} if o.target == "triton" else {}),
             # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
-            "TF_ENABLE_ONEDNN_OPTS": "1",
-        } if o.target == "triton" else {
-            # TF-Serving takes its thread counts as flags (server_command); oneDNN from the environment.
             "TF_ENABLE_ONEDNN_OPTS": "1",
         },
         gpu_count=o.gpu_count,
