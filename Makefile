@@ -38,7 +38,7 @@ demo: venv
 	$(PKG) export -o $(DEMO)/export --force
 	$(PKG) verify --export $(DEMO)/export
 	$(PKG) embed --export $(DEMO)/export "How do I reset my password?" "Wie setze ich mein Passwort zurück?" "中文句子"
-	$(PKG) build --target triton -o $(DEMO)/model_repository --force
+	$(PKG) build --target triton -o $(DEMO)/model_repository --compose-dir $(DEMO)/compose --force
 	$(PKG) serve $(DEMO)/model_repository --check
 
 test: venv
