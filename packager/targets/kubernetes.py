@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -451,47 +451,61 @@ def _image_entries(defaults: Mapping[str, str], chosen: Mapping[str, str], roles
     return [_kustomize_image(defaults[r], chosen[r]) for r in roles]
 
 
+def model_image_dockerfile(options: KubernetesOptions = KubernetesOptions(), *, model_name: str = "model",
+                           version: int = 1) -> str:
+    """The model image's Dockerfile (``model-image/Dockerfile`` of :func:`render`): ``BASE_IMAGE`` + the
+    repository (the build context) at ``/models``, run as the non-root user."""
+    return render(options, model_name=model_name, version=version)["model-image/Dockerfile"]
+
+
 # ------------------------------------------------------------------------------------- gpu configs
-def gpu_config(manifest: Mapping, *, name: str, options) -> str:
+def gpu_config(config_text: str, *, source: str = "config.pbtxt") -> str:
     """config.pbtxt with KIND_GPU instances: what the GPU overlay's ``--model-config-name`` selects.
 
-    Args:
-        manifest: the export manifest (``packager.json``).
-        name: the model name.
-        options: the build's :class:`packager.targets.triton.TritonOptions`.
-    """
-    from .triton import render_config
+    The text is parsed with Triton's own ``model_config_pb2`` (from tritonclient), every instance group
+    gets ``kind: KIND_GPU`` (and no ``gpus`` list: all GPUs the pod was given), and the message is printed
+    back, so nothing else can differ from the CPU config.
 
-    return render_config(manifest, name=name, options=replace(options, instance_kind="KIND_GPU", gpus=()))
+    Args:
+        config_text: the model's config.pbtxt.
+        source: named in the header comment.
+
+    Raises:
+        TargetError: the text is not a valid model config.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(config_text, cfg)
+    except text_format.ParseError as exc:
+        raise TargetError(f"{source} is not a valid Triton model config: {exc}") from exc
+    if not cfg.instance_group:
+        cfg.instance_group.add(count=1)
+    for group in cfg.instance_group:
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+        del group.gpus[:]
+    header = (f"# {source} with KIND_GPU instances, written by packager.targets.kubernetes.write_gpu_configs.\n"
+              "# Triton loads it instead of config.pbtxt when started with --model-config-name (the GPU overlay).\n")
+    return header + text_format.MessageToString(cfg, as_utf8=True)
 
 
 def write_gpu_configs(repository: str | Path, *, config_name: str = "gpu") -> list[Path]:
-    """Write ``<model>/configs/<config_name>.pbtxt`` (KIND_GPU) for every packager model in a repository.
+    """Write ``<model>/configs/<config_name>.pbtxt`` (:func:`gpu_config`) for every model in a repository.
 
-    The options and manifest come from each model's ``packager-target.json`` and newest
-    ``<version>/model.savedmodel/packager.json``, so the file is config.pbtxt with only the instance
-    kind changed. Models without those files (not built by packager) are left alone.
+    Args:
+        repository: the Triton repository (the folder holding the model folders).
+        config_name: the ``--model-config-name`` the GPU overlay passes.
 
     Returns:
-        The files written.
+        The files written (one per model folder with a config.pbtxt).
     """
-    from .triton import TARGET_INFO, TritonOptions
-
     written = []
-    known = {f.name for f in fields(TritonOptions)}
-    for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
-        info_file = model_dir / TARGET_INFO
-        versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
-        if not info_file.is_file() or not versions:
-            continue
-        manifest_file = model_dir / str(versions[0]) / "model.savedmodel" / "packager.json"
-        if not manifest_file.is_file():
-            continue
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-        raw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in info.get("options", {}).items() if k in known}
-        text = gpu_config(json.loads(manifest_file.read_text(encoding="utf-8")), name=model_dir.name,
-                          options=TritonOptions(**raw))
+    for model_dir in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
         out = model_dir / "configs" / f"{config_name}.pbtxt"
+        text = gpu_config((model_dir / "config.pbtxt").read_text(encoding="utf-8"),
+                          source=f"{model_dir.name}/config.pbtxt")
         out.parent.mkdir(exist_ok=True)
         out.write_text(text, encoding="utf-8")
         written.append(out)
