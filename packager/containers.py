@@ -298,3 +298,116 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------------- model image
+MODEL_IMAGE_REPOSITORY = "packager/model-repository"
+_CONTEXT_DOCKERFILE = ".packager-model-image.Dockerfile"
+
+
+def _repository_members(repository_dir: Path) -> list[tuple[str, Path]]:
+    """Every file and folder under a repository as (relative posix path, path), sorted; no symlinks
+    (one could point anywhere on the build machine)."""
+    out = []
+    for path in sorted(repository_dir.rglob("*")):
+        rel = path.relative_to(repository_dir).as_posix()
+        if path.is_symlink():
+            raise ContainerError(f"{path} is a symlink: a model image holds only plain files")
+        if rel.split("/")[0] in (_CONTEXT_DOCKERFILE, ".dockerignore"):
+            continue
+        out.append((rel, path))
+    return out
+
+
+def model_image(
+    repository_dir: str | os.PathLike, *, dockerfile: str | None = None, base: BaseSpec = BaseSpec(), client=None,
+    log: Log = _log_stderr, repository: str = MODEL_IMAGE_REPOSITORY,
+) -> str:
+    """Return the tag of an image holding a Triton repository at ``/models``, building it if missing.
+
+    It is the Kubernetes bundle's model image (``kubernetes/<model>/model-image/Dockerfile``, built
+    here ``FROM`` the debootstrap base instead of busybox: nothing is pulled). The build context is a
+    tar made here with normalised ownership (0:0), modes (0644 files, 0755 folders and executables) and
+    times, so the image does not depend on the umask or clock of the machine that wrote the repository,
+    and its tag is a hash of the Dockerfile, the base and every file's path, mode and sha256.
+
+    Args:
+        repository_dir: the Triton repository (the folder holding the model folders).
+        dockerfile: the Dockerfile text (default: :func:`packager.targets.kubernetes.model_image_dockerfile`).
+        base: the Debian base it is built on (passed as the ``BASE_IMAGE`` build argument).
+        client: a docker SDK client (default: :func:`docker_client`).
+        log: where progress lines go.
+        repository: the image repository part of the tag.
+
+    Returns:
+        The image tag, ``packager/model-repository:<hash>``.
+
+    Raises:
+        ContainerError: no engine, an empty repository or a symlink in it, or the build failed.
+    """
+    import io
+    import tarfile
+
+    root = Path(repository_dir)
+    if not root.is_dir():
+        raise ContainerError(f"{root} is not a folder")
+    members = _repository_members(root)
+    if not any(p.is_file() for _, p in members):
+        raise ContainerError(f"{root} holds no files: build the repository first (packager build --target triton)")
+    if dockerfile is None:
+        from .targets.kubernetes import model_image_dockerfile
+
+        dockerfile = model_image_dockerfile()
+    client = client or docker_client()
+    base_tag = base_image(base, client=client, log=log)
+
+    def mode(p: Path) -> int:
+        return 0o755 if p.is_dir() or p.stat().st_mode & 0o111 else 0o644
+
+    digest = []
+    for rel, p in members:
+        if p.is_file():
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            digest.append([rel, mode(p), h.hexdigest()])
+        else:
+            digest.append([rel, mode(p), None])
+    tag = f"{repository}:{content_hash([dockerfile, base_tag, digest, RECIPE_VERSION])}"
+    if _image_exists(client, tag):
+        log(f"model image {tag}: cached")
+        return tag
+    t0 = time.monotonic()
+    with tempfile.TemporaryFile(dir=_mkcache()) as ctx:
+        with tarfile.open(fileobj=ctx, mode="w") as tar:
+            def add_bytes(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                tar.addfile(info, io.BytesIO(data))
+
+            add_bytes(_CONTEXT_DOCKERFILE, dockerfile.encode())
+            # The Dockerfile copies the whole context: keep the build's own files out of /models.
+            add_bytes(".dockerignore", f"{_CONTEXT_DOCKERFILE}\n.dockerignore\n".encode())
+            for rel, p in members:
+                info = tar.gettarinfo(str(p), arcname=rel)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mode, info.mtime = mode(p), 0
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        ctx.seek(0)
+        log(f"model image {tag}: building on {base_tag} from {root}")
+        tail: list[str] = []
+        for chunk in client.api.build(fileobj=ctx, custom_context=True, dockerfile=_CONTEXT_DOCKERFILE, tag=tag,
+                                      rm=True, forcerm=True, decode=True, buildargs={"BASE_IMAGE": base_tag},
+                                      network_mode="none"):
+            if "stream" in chunk:
+                tail = (tail + [line for line in chunk["stream"].splitlines() if line.strip()])[-40:]
+            if "error" in chunk:
+                raise ContainerError(f"docker build {tag} failed: {chunk['error']}\n" + "\n".join(tail))
+    log(f"model image {tag}: built in {time.monotonic() - t0:.0f} s")
+    return tag
