@@ -1,0 +1,946 @@
+"""TF-free analysis of a byte-level / BPE ``tokenizer.json``: regexes, pre-tokenizers, normalizers.
+
+Nothing here imports TensorFlow: it turns the HF pipeline into plain data (numpy tables and small
+frozen dataclasses) that ``bpe.py`` compiles into graph ops, and it can be tested on its own.
+
+Regexes (``Split`` pre-tokenizers, ``Replace`` normalizers, ByteLevel's built-in GPT-2 pattern)
+------------------------------------------------------------------------------------------------
+HF runs them with Oniguruma: leftmost-first alternation, greedy quantifiers with backtracking,
+lookarounds. TF's RE2 cannot express ``\\s+(?!\\S)``, so a pattern is parsed here into a small
+program that the graph evaluates for every position in parallel:
+
+* the pattern is an ordered list of **alternatives**; each is a sequence of **items**:
+
+  - :class:`Repeat` – one character class ``{min,max}``, greedy, lazy or possessive;
+  - :class:`Choice` – an ordered set of fixed-width options (``(?i:'s|'t|'re)``), maybe optional;
+  - :class:`Assert` – zero width: lookahead of a sub-program, fixed-width lookbehind, anchors.
+
+  Groups are flattened where that keeps Oniguruma's backtracking order exactly: a group with one
+  alternative is inlined; a group of several alternatives is distributed over its sequence when
+  everything before it has a single possible length (``Seq[p, (A|B), s] == Seq[p, A, s] | Seq[p, B, s]``
+  exactly then). Anything else (quantified groups of varying width, backreferences, atomic groups,
+  ...) is refused with an :class:`UnsupportedError` that names the construct.
+
+* a sequence's backtracking semantics per start position ``i`` reduce to, right to left over its
+  items: "the largest (greedy) / smallest (lazy) count ``k`` in ``[min, min(max, run)]`` such that
+  the rest matches at ``i + k``" — one "previous true position" lookup per item, from run lengths.
+  ``match_program`` below is the numpy reference of exactly what the graph does.
+
+* every character class (``\\p{L}``, ``[^\\s\\p{L}\\p{N}]``, ``(?i:s)``, ``\\s`` ...) is **probed
+  through the HF ``tokenizers`` regex itself** over all code points, so its membership follows the
+  Unicode tables inside ``tokenizers`` (they differ from TF's and Python's).
+
+Normalizers and per-character tables: NFC/NFKC/NFD/NFKD (decompositions, combining classes and
+composition pairs derived from HF's own normalizers), Lowercase, Replace, Prepend, Strip,
+StripAccents, Sequence.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedError
+
+MAX_CODEPOINT = 0x10FFFF
+N_CODEPOINTS = MAX_CODEPOINT + 1
+
+# GPT-2's pattern, as tokenizers' ByteLevel pre-tokenizer hard-codes it (use_regex=true)
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+UNBOUNDED = 1 << 30  # "no maximum" for a repeat count
+
+
+# ------------------------------------------------------------------------------------ code points
+_ALL_CHARS: list[str] = []
+
+
+def all_codepoints() -> np.ndarray:
+    """Every Unicode scalar value except the surrogates (probing order of :func:`all_chars`)."""
+    cps = np.arange(N_CODEPOINTS, dtype=np.int64)
+    return cps[(cps < 0xD800) | (cps >= 0xE000)]
+
+
+def all_chars() -> str:
+    """Every code point except the surrogates, as one string."""
+    if not _ALL_CHARS:
+        _ALL_CHARS.append("".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, N_CODEPOINTS))))
+    return _ALL_CHARS[0]
+
+
+# ------------------------------------------------------------------------------------ probe cache
+_MEMO: dict[str, object] = {}
+
+
+def cached(kind: str, key: str, fn: Callable[[], dict]) -> dict:
+    """``fn()`` (a dict of numpy arrays), memoised in memory and on disk.
+
+    The key includes the installed ``tokenizers`` version, since the probed behaviour is that
+    library's. Disk cache: ``$PACKAGER_CACHE/probes`` (default ``~/.cache/packager``); ``off`` disables it.
+    """
+    import tokenizers
+
+    digest = hashlib.sha256(f"{kind}|{tokenizers.__version__}|{key}".encode()).hexdigest()[:32]
+    if digest in _MEMO:
+        return _MEMO[digest]  # type: ignore[return-value]
+    root = os.environ.get("PACKAGER_CACHE", str(Path.home() / ".cache" / "packager"))
+    path = None if root == "off" else Path(root) / "probes" / f"bpe-{kind}-{digest}.npz"
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                value = {k: z[k] for k in z.files}
+            _MEMO[digest] = value
+            return value
+        except Exception:  # noqa: BLE001 - a broken cache file is just a miss
+            pass
+    value = fn()
+    _MEMO[digest] = value
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez_compressed(tmp, **value)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return value
+
+
+def probe_class(regex: str) -> np.ndarray:
+    """bool ``[0x110000]``: which code points the HF (Oniguruma) regex ``regex`` matches alone.
+
+    ``regex`` must match exactly one character (a class, an escape, a case-insensitive literal).
+    Runs the whole code space through a ``Split(regex, "removed")`` pre-tokenizer: what survives is
+    what the class does not match. Cached on disk.
+    """
+    def run():
+        from tokenizers import Regex
+        from tokenizers.pre_tokenizers import Split
+
+        split = Split(Regex(regex), behavior="removed")
+        chars = all_chars()
+        kept = np.zeros(len(chars), dtype=bool)
+        chunk = 1 << 16
+        for i in range(0, len(chars), chunk):
+            for _, (s, e) in split.pre_tokenize_str(chars[i: i + chunk]):
+                kept[i + s: i + e] = True
+        out = np.zeros(N_CODEPOINTS, dtype=bool)
+        out[all_codepoints()] = ~kept
+        return {"member": out}
+
+    return cached("class", regex, run)["member"]
+
+
+# ------------------------------------------------------------------------------------ regex program
+@dataclass(frozen=True)
+class Atom:
+    """One character class. ``literal`` (a code point) needs no probing; otherwise ``source`` is
+    the Oniguruma source of a one-character regex (flags applied, e.g. ``(?i:s)``)."""
+
+    source: str
+    literal: int | None = None
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """``atom{min,max}``; ``mode`` is ``greedy``, ``lazy`` or ``possessive``."""
+
+    atom: Atom
+    min: int = 1
+    max: int = 1
+    mode: str = "greedy"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Ordered fixed-width options (each a tuple of atoms, one per character); ``optional`` adds
+    the empty option last (greedy) or first (``lazy``)."""
+
+    options: tuple[tuple[Atom, ...], ...]
+    optional: bool = False
+    lazy: bool = False
+
+
+@dataclass(frozen=True)
+class Assert:
+    """A zero-width condition at the current position.
+
+    ``kind``: ``ahead`` (``program`` matches here), ``behind`` (one of ``options`` ends here),
+    ``start``/``end`` (of the string), ``line_start``/``line_end`` (Ruby ``^``/``$``),
+    ``end_or_final_newline`` (``\\Z``), ``word_boundary`` (``\\b``, with ``atom`` = ``\\w``).
+    """
+
+    kind: str
+    negate: bool = False
+    program: "Program | None" = None
+    options: tuple[tuple[Atom, ...], ...] = ()
+    atom: Atom | None = None
+
+
+Item = Repeat | Choice | Assert
+
+
+@dataclass(frozen=True)
+class Program:
+    """A regex as ordered alternatives of item sequences (leftmost-first)."""
+
+    alternatives: tuple[tuple[Item, ...], ...]
+    source: str = ""
+
+    def atoms(self) -> list[Atom]:
+        """Every distinct atom used, in a stable order."""
+        seen: dict[Atom, None] = {}
+        _collect_atoms(self, seen)
+        return list(seen)
+
+    def can_match_empty(self) -> bool:
+        return any(all(_min_width(it) == 0 for it in alt) for alt in self.alternatives)
+
+    def max_fixed_width(self) -> int:
+        """Longest fixed-width option or lookbehind (how far the graph must look past a position)."""
+        w = 1
+        for alt in self.alternatives:
+            for it in alt:
+                if isinstance(it, Choice):
+                    w = max(w, max(len(o) for o in it.options))
+                elif isinstance(it, Assert):
+                    if it.program is not None:
+                        w = max(w, it.program.max_fixed_width())
+                    if it.options:
+                        w = max(w, max(len(o) for o in it.options))
+        return w
+
+
+def _collect_atoms(p: Program, seen: dict) -> None:
+    for alt in p.alternatives:
+        for it in alt:
+            if isinstance(it, Repeat):
+                seen.setdefault(it.atom, None)
+            elif isinstance(it, Choice):
+                for o in it.options:
+                    for a in o:
+                        seen.setdefault(a, None)
+            else:
+                if it.program is not None:
+                    _collect_atoms(it.program, seen)
+                for o in it.options:
+                    for a in o:
+                        seen.setdefault(a, None)
+                if it.atom is not None:
+                    seen.setdefault(it.atom, None)
+
+
+def _min_width(it: Item) -> int:
+    if isinstance(it, Repeat):
+        return it.min
+    if isinstance(it, Choice):
+        return 0 if it.optional else min(len(o) for o in it.options)
+    return 0
+
+
+# -- parser: source -> AST ----------------------------------------------------------------------
+@dataclass
+class _Node:
+    kind: str  # atom | seq | alt | group | quant | anchor | look
+    children: list = field(default_factory=list)
+    atom: Atom | None = None
+    min: int = 1
+    max: int = 1
+    mode: str = "greedy"
+    flags: str = ""
+    text: str = ""  # anchor name / look kind
+    negate: bool = False
+
+
+_META = set("\\^$.|?*+()[]{}")
+_ANCHORS = {"A": "start", "z": "end", "Z": "end_or_final_newline", "b": "word_boundary", "B": "word_boundary"}
+_REFUSED_ESCAPES = {
+    "G": "\\G (search start anchor)", "K": "\\K (keep)", "R": "\\R (line break sequence)",
+    "X": "\\X (grapheme cluster)", "y": "\\y (grapheme boundary)", "Y": "\\Y (grapheme boundary)",
+    "k": "\\k<name> (backreference)", "g": "\\g<name> (subexpression call)",
+}
+
+
+class _Parser:
+    """A recursive-descent parser for the Oniguruma (Ruby syntax) subset tokenizers use."""
+
+    def __init__(self, src: str):
+        self.s = src
+        self.i = 0
+
+    def error(self, what: str) -> UnsupportedError:
+        return UnsupportedError(f"regex {self.s!r}: {what} (at offset {self.i}) cannot be emulated exactly in the graph")
+
+    def parse(self) -> _Node:
+        node = self.alt(flags="")
+        if self.i != len(self.s):
+            raise self.error(f"unbalanced {self.s[self.i]!r}")
+        return node
+
+    def alt(self, flags: str) -> _Node:
+        branches = [self.seq(flags)]
+        while self.i < len(self.s) and self.s[self.i] == "|":
+            self.i += 1
+            branches.append(self.seq(flags))
+        return _Node("alt", branches)
+
+    def seq(self, flags: str) -> _Node:
+        items = []
+        while self.i < len(self.s) and self.s[self.i] not in "|)":
+            if self.s.startswith("(?", self.i) and self._inline_flags():
+                # (?i) applies to the rest of the enclosing group
+                flags = self._pending_flags
+                continue
+            items.append(self.quantified(flags))
+        return _Node("seq", items)
+
+    def _inline_flags(self) -> bool:
+        j = self.i + 2
+        k = j
+        while k < len(self.s) and (self.s[k].isalpha() or self.s[k] == "-"):
+            k += 1
+        if k < len(self.s) and self.s[k] == ")" and k > j:
+            self._pending_flags = _apply_flags("", self.s[j:k], self)
+            self.i = k + 1
+            return True
+        return False
+
+    def quantified(self, flags: str) -> _Node:
+        node = self.primary(flags)
+        while self.i < len(self.s) and self.s[self.i] in "*+?{":
+            c = self.s[self.i]
+            if c == "{":
+                m = self._counted()
+                if m is None:  # a literal "{"
+                    break
+                lo, hi = m
+            else:
+                self.i += 1
+                lo, hi = {"*": (0, UNBOUNDED), "+": (1, UNBOUNDED), "?": (0, 1)}[c]
+            mode = "greedy"
+            if self.i < len(self.s) and self.s[self.i] == "?":
+                mode = "lazy"
+                self.i += 1
+            elif self.i < len(self.s) and self.s[self.i] == "+" and c != "{":
+                mode = "possessive"
+                self.i += 1
+            if node.kind == "quant":
+                raise self.error("a quantifier applied to a quantifier")
+            if node.kind in ("anchor", "look"):
+                raise self.error("a quantified assertion")
+            node = _Node("quant", [node], min=lo, max=hi, mode=mode)
+        return node
+
+    def _counted(self):
+        j = self.s.find("}", self.i)
+        if j < 0:
+            return None
+        body = self.s[self.i + 1: j]
+        parts = body.split(",")
+        try:
+            if len(parts) == 1:
+                lo = hi = int(parts[0])
+            elif len(parts) == 2:
+                lo = int(parts[0]) if parts[0] else 0
+                hi = int(parts[1]) if parts[1] else UNBOUNDED
+            else:
+                return None
+        except ValueError:
+            return None
+        if lo > hi:
+            raise self.error(f"quantifier {{{body}}}")
+        self.i = j + 1
+        return lo, hi
+
+    def primary(self, flags: str) -> _Node:
+        s, i = self.s, self.i
+        c = s[i]
+        if c == "(":
+            return self.group(flags)
+        if c == "[":
+            j = _class_end(s, i, self)
+            self.i = j
+            return _Node("atom", atom=_class_atom(s[i:j], flags))
+        if c == ".":
+            self.i += 1
+            return _Node("atom", atom=_class_atom(".", flags))
+        if c == "^":
+            self.i += 1
+            return _Node("anchor", text="line_start")
+        if c == "$":
+            self.i += 1
+            return _Node("anchor", text="line_end")
+        if c == "\\":
+            return self.escape(flags)
+        if c in "*+?":
+            raise self.error(f"a dangling quantifier {c!r}")
+        self.i += 1
+        return _Node("atom", atom=_literal_atom(ord(c), flags))
+
+    def escape(self, flags: str) -> _Node:
+        s = self.s
+        if self.i + 1 >= len(s):
+            raise self.error("a trailing backslash")
+        c = s[self.i + 1]
+        if c in _ANCHORS:
+            self.i += 2
+            return _Node("anchor", text=_ANCHORS[c], negate=(c == "B"))
+        if c in _REFUSED_ESCAPES:
+            raise self.error(_REFUSED_ESCAPES[c])
+        if c.isdigit() and c != "0":
+            raise self.error(f"backreference \\{c}")
+        j = _escape_end(s, self.i, self)
+        src = s[self.i: j]
+        self.i = j
+        lit = _escape_literal(src)
+        if lit is not None:
+            return _Node("atom", atom=_literal_atom(lit, flags))
+        return _Node("atom", atom=_class_atom(src, flags))
+
+    def group(self, flags: str) -> _Node:
+        s = self.s
+        self.i += 1
+        kind, look, negate = "group", "", False
+        inner_flags = flags
+        if s.startswith("?", self.i):
+            j = self.i + 1
+            if s.startswith(":", j):
+                self.i = j + 1
+            elif s.startswith("=", j) or s.startswith("!", j):
+                kind, look, negate = "look", "ahead", s[j] == "!"
+                self.i = j + 1
+            elif s.startswith("<=", j) or s.startswith("<!", j):
+                kind, look, negate = "look", "behind", s[j + 1] == "!"
+                self.i = j + 2
+            elif s.startswith("<", j) or s.startswith("P<", j) or s.startswith("'", j):
+                # named capture group: for matching, the same as a plain group
+                close = ">" if s[j] in "<P" else "'"
+                k = s.find(close, j + 1)
+                if k < 0:
+                    raise self.error("an unterminated group name")
+                self.i = k + 1
+            elif s.startswith(">", j):
+                raise self.error("an atomic group (?>...)")
+            elif s.startswith("#", j):
+                k = s.find(")", j)
+                self.i = k + 1
+                return _Node("seq", [])
+            elif s.startswith("~", j):
+                raise self.error("an absent operator (?~...)")
+            elif s.startswith("(", j):
+                raise self.error("a conditional group")
+            else:
+                k = j
+                while k < len(s) and (s[k].isalpha() or s[k] == "-"):
+                    k += 1
+                if k < len(s) and s[k] == ":" and k > j:
+                    inner_flags = _apply_flags(flags, s[j:k], self)
+                    self.i = k + 1
+                else:
+                    raise self.error(f"the group syntax {s[self.i - 1: k + 1]!r}")
+        body = self.alt(inner_flags)
+        if self.i >= len(s) or s[self.i] != ")":
+            raise self.error("an unterminated group")
+        self.i += 1
+        if kind == "look":
+            return _Node("look", [body], text=look, negate=negate)
+        return _Node("group", [body])
+
+
+def _apply_flags(flags: str, spec: str, parser: _Parser) -> str:
+    on, _, off = spec.partition("-")
+    out = set(flags)
+    for f in on:
+        if f not in "im":
+            raise parser.error(f"the inline flag {f!r}")
+        out.add(f)
+    for f in off:
+        if f not in "im":
+            raise parser.error(f"the inline flag {f!r}")
+        out.discard(f)
+    return "".join(sorted(out))
+
+
+def _class_end(s: str, i: int, parser: _Parser) -> int:
+    """Index just past the ``]`` closing the bracket class that opens at ``s[i]``."""
+    depth = 0
+    j = i
+    first = True
+    while j < len(s):
+        c = s[j]
+        if c == "\\":
+            j = _escape_end(s, j, parser)
+            first = False
+            continue
+        if c == "[":
+            if s.startswith("[:", j):
+                k = s.find(":]", j + 2)
+                if k < 0:
+                    raise parser.error("an unterminated POSIX bracket")
+                j = k + 2
+                first = False
+                continue
+            depth += 1
+            j += 1
+            first = True
+            if j < len(s) and s[j] == "^":
+                j += 1
+            continue
+        if c == "]" and not first:
+            depth -= 1
+            j += 1
+            if depth == 0:
+                return j
+            continue
+        first = False
+        j += 1
+    raise parser.error("an unterminated character class")
+
+
+def _escape_end(s: str, i: int, parser: _Parser) -> int:
+    """Index just past the escape sequence starting at ``s[i] == '\\'``."""
+    c = s[i + 1] if i + 1 < len(s) else ""
+    if c in "pP" and s.startswith("{", i + 2):
+        k = s.find("}", i + 3)
+        if k < 0:
+            raise parser.error("an unterminated \\p{...}")
+        return k + 1
+    if c == "x":
+        if s.startswith("{", i + 2):
+            return s.index("}", i + 3) + 1
+        j = i + 2
+        while j < min(len(s), i + 4) and s[j] in "0123456789abcdefABCDEF":
+            j += 1
+        return j
+    if c == "u":
+        return i + 6
+    if c in "01234567" and c == "0":
+        j = i + 2
+        while j < min(len(s), i + 4) and s[j] in "01234567":
+            j += 1
+        return j
+    if c in "cC" or (c == "M" and s.startswith("-", i + 2)):
+        raise parser.error(f"the control escape \\{c}")
+    return i + 2
+
+
+_SIMPLE_ESCAPES = {"n": 0x0A, "r": 0x0D, "t": 0x09, "f": 0x0C, "v": 0x0B, "a": 0x07, "e": 0x1B}
+
+
+def _escape_literal(src: str) -> int | None:
+    """The code point of a single-character escape (``\\n``, ``\\x41``, ``\\.``), or None for a class."""
+    c = src[1]
+    if c in _SIMPLE_ESCAPES and len(src) == 2:
+        return _SIMPLE_ESCAPES[c]
+    if c == "x":
+        body = src[3:-1] if src.startswith("\\x{") else src[2:]
+        return int(body, 16) if body else 0
+    if c == "u":
+        return int(src[2:6], 16)
+    if c == "0":
+        return int(src[1:], 8)
+    if len(src) == 2 and not c.isalnum():
+        return ord(c)
+    return None
+
+
+def _literal_atom(cp: int, flags: str) -> Atom:
+    if "i" in flags:
+        ch = chr(cp)
+        # Oniguruma folds case with multi-character foldings too ("ß" ~ "ss"): only single folds are exact here
+        if len(ch.casefold()) > 1 or len(ch.lower()) > 1 or len(ch.upper()) > 1:
+            raise UnsupportedError(
+                f"case-insensitive {ch!r} has a multi-character case folding, which cannot be emulated exactly")
+        return Atom(f"(?i:{_escape_char(cp)})")
+    return Atom(_escape_char(cp), literal=cp)
+
+
+def _class_atom(src: str, flags: str) -> Atom:
+    return Atom(f"(?{flags}:{src})" if flags else src)
+
+
+def _escape_char(cp: int) -> str:
+    ch = chr(cp)
+    if ch in _META or ch in "-#&~ " or cp < 0x20 or cp == 0x7F:
+        return f"\\x{{{cp:X}}}"
+    return ch
+
+
+# -- lowering: AST -> Program --------------------------------------------------------------------
+def compile_regex(source: str) -> Program:
+    """Parse an Oniguruma pattern (as tokenizers compiles it) into a :class:`Program`.
+
+    Raises:
+        UnsupportedError: naming the construct when the pattern cannot be emulated exactly.
+    """
+    tree = _Parser(source).parse()
+    alts = _lower_alt(tree, source)
+    prog = Program(tuple(alts), source)
+    _check_case_folding(prog)
+    return prog
+
+
+def literal_program(text: str) -> Program:
+    """A pattern matching exactly ``text`` (tokenizers' ``{"String": ...}`` patterns)."""
+    if not text:
+        raise UnsupportedError("an empty String pattern")
+    return Program(((Choice((tuple(Atom(_escape_char(ord(c)), literal=ord(c)) for c in text),)),),),
+                   source=text)
+
+
+def class_program(atom: Atom) -> Program:
+    """A pattern matching one character of a class (char-predicate patterns like Digits)."""
+    return Program(((Repeat(atom, 1, 1),),), source=atom.source)
+
+
+def _lower_alt(node: _Node, src: str) -> list[tuple[Item, ...]]:
+    out: list[tuple[Item, ...]] = []
+    for branch in node.children:
+        out.extend(_lower_seq(_flatten(branch.children), src))
+    return out
+
+
+def _flatten(items: list[_Node]) -> list[_Node]:
+    """Inline plain groups with a single alternative (no quantifier)."""
+    out = []
+    for it in items:
+        if it.kind == "seq":
+            out.extend(_flatten(it.children))
+        elif it.kind == "group" and len(it.children[0].children) == 1:
+            out.extend(_flatten(it.children[0].children[0].children))
+        else:
+            out.append(it)
+    return out
+
+
+def _fixed_options(alt: _Node) -> tuple[tuple[Atom, ...], ...] | None:
+    """The alternatives of ``alt`` as fixed-width atom strings, or None if one is not."""
+    opts = []
+    for branch in alt.children:
+        atoms: list[Atom] = []
+        for it in _flatten(branch.children):
+            if it.kind == "atom":
+                atoms.append(it.atom)
+            elif it.kind == "quant" and it.children[0].kind == "atom" and it.min == it.max:
+                atoms.extend([it.children[0].atom] * it.min)
+            elif it.kind == "group":
+                sub = _fixed_options(it.children[0])
+                if sub is None or len(sub) != 1:
+                    return None
+                atoms.extend(sub[0])
+            else:
+                return None
+        opts.append(tuple(atoms))
+    return tuple(opts)
+
+
+def _deterministic(items: Sequence[Item]) -> bool:
+    for it in items:
+        if isinstance(it, Repeat) and it.min != it.max:
+            return False
+        if isinstance(it, Choice) and (it.optional or len({len(o) for o in it.options}) > 1):
+            return False
+    return True
+
+
+def _lower_seq(nodes: list[_Node], src: str) -> list[tuple[Item, ...]]:
+    items: list[Item] = []
+    for k, node in enumerate(nodes):
+        if node.kind == "atom":
+            items.append(Repeat(node.atom, 1, 1))
+        elif node.kind == "anchor":
+            atom = Atom(r"\w") if node.text == "word_boundary" else None
+            items.append(Assert(node.text, negate=node.negate, atom=atom))
+        elif node.kind == "look":
+            body = node.children[0]
+            if node.text == "ahead":
+                sub = Program(tuple(_lower_alt(body, src)), src)
+                items.append(Assert("ahead", negate=node.negate, program=sub))
+            else:
+                opts = _fixed_options(body)
+                if opts is None or any(not o for o in opts):
+                    raise UnsupportedError(f"regex {src!r}: a lookbehind of varying width cannot be emulated exactly")
+                items.append(Assert("behind", negate=node.negate, options=opts))
+        elif node.kind == "quant":
+            inner = node.children[0]
+            if inner.kind == "group":
+                single = _single_atom(inner.children[0])
+                opts = _fixed_options(inner.children[0])
+                if single is not None:
+                    items.append(Repeat(single, node.min, node.max, node.mode))
+                elif opts is not None and (node.min, node.max) == (0, 1) and node.mode != "possessive" \
+                        and all(opts):
+                    items.append(Choice(opts, optional=True, lazy=node.mode == "lazy"))
+                elif opts is not None and node.min == node.max == 1:
+                    items.append(Choice(opts))
+                else:
+                    raise UnsupportedError(
+                        f"regex {src!r}: the quantified group {_src_hint(src)} (a repeated group of varying width "
+                        "or count) cannot be emulated exactly")
+            elif inner.kind == "atom":
+                items.append(Repeat(inner.atom, node.min, node.max, node.mode))
+            else:
+                raise UnsupportedError(f"regex {src!r}: a quantified {inner.kind} cannot be emulated exactly")
+        elif node.kind == "group":
+            body = node.children[0]
+            opts = _fixed_options(body)
+            if opts is not None and all(opts):
+                items.append(Choice(opts))
+            elif _deterministic(items):
+                # exact: with one possible prefix length, trying A (with all its backtracking)
+                # then B is the order of Seq[prefix, A, rest] | Seq[prefix, B, rest]
+                rest = nodes[k + 1:]
+                out: list[tuple[Item, ...]] = []
+                for branch in body.children:
+                    for tail in _lower_seq(_flatten(branch.children) + rest, src):
+                        out.append(tuple(items) + tail)
+                return out
+            else:
+                raise UnsupportedError(
+                    f"regex {src!r}: a group of alternatives of varying width after a repeat cannot be emulated exactly")
+        else:
+            raise UnsupportedError(f"regex {src!r}: unsupported construct {node.kind}")
+    return [tuple(items)]
+
+
+def _single_atom(alt: _Node) -> Atom | None:
+    if len(alt.children) != 1:
+        return None
+    items = _flatten(alt.children[0].children)
+    if len(items) == 1 and items[0].kind == "atom":
+        return items[0].atom
+    return None
+
+
+def _src_hint(src: str) -> str:
+    return f"in {src!r}"
+
+
+def _check_case_folding(prog: Program) -> None:
+    """Refuse case-insensitive strings that a multi-character case folding could match ("ss" ~ "ß")."""
+    folds = _multi_folds()
+    for atom_seq in _ci_sequences(prog):
+        text = "".join(chr(a.literal) if a.literal is not None else _ci_char(a) for a in atom_seq)
+        low = text.casefold()
+        for f in folds:
+            if f in low:
+                raise UnsupportedError(
+                    f"regex {prog.source!r}: case-insensitive {text!r} can match a character whose case folding is "
+                    f"{f!r}, which cannot be emulated exactly")
+
+
+def _ci_char(a: Atom) -> str:
+    if a.source.startswith("(?i:") and a.source.endswith(")"):
+        body = a.source[4:-1]
+        if len(body) == 1:
+            return body
+        if body.startswith("\\x{"):
+            return chr(int(body[3:-1], 16))
+    return "\x00"
+
+
+def _ci_sequences(prog: Program):
+    for alt in prog.alternatives:
+        run: list[Atom] = []
+        for it in alt:
+            if isinstance(it, Choice):
+                for o in it.options:
+                    if any(a.source.startswith("(?i") for a in o):
+                        yield o
+                run = []
+            elif isinstance(it, Repeat) and it.atom.source.startswith("(?i") and it.min == it.max == 1:
+                run.append(it.atom)
+            else:
+                if len(run) > 1:
+                    yield tuple(run)
+                run = []
+        if len(run) > 1:
+            yield tuple(run)
+
+
+_FOLDS: list[set] = []
+
+
+def _multi_folds() -> set[str]:
+    if not _FOLDS:
+        out = set()
+        for c in range(N_CODEPOINTS):
+            if 0xD800 <= c < 0xE000:
+                continue
+            f = chr(c).casefold()
+            if len(f) > 1:
+                out.add(f)
+        _FOLDS.append(out)
+    return _FOLDS[0]
+
+
+# -- class tables ----------------------------------------------------------------------------------
+def atom_member(atom: Atom) -> np.ndarray:
+    """bool ``[0x110000]``: code points the atom matches (probed through HF unless a literal)."""
+    if atom.literal is not None:
+        out = np.zeros(N_CODEPOINTS, dtype=bool)
+        out[atom.literal] = True
+        return out
+    return probe_class(atom.source)
+
+
+# -- numpy reference matcher (the graph computes exactly this, vectorised) --------------------------
+SENTINEL = -1
+
+
+def layout(words: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of words laid out with one ``SENTINEL`` after each word, plus ``pad`` more.
+
+    Returns (u, word_starts).
+    """
+    u, starts = [], []
+    for w in words:
+        starts.append(len(u))
+        u.extend(w)
+        u.append(SENTINEL)
+    u.extend([SENTINEL] * pad)
+    return np.array(u, dtype=np.int64), np.array(starts, dtype=np.int64)
+
+
+def _prev_true(f: np.ndarray) -> np.ndarray:
+    """``out[x]`` = largest q <= x with f[q], or -1."""
+    idx = np.where(f, np.arange(f.size), -1)
+    return np.maximum.accumulate(idx) if f.size else idx
+
+
+def _next_true(f: np.ndarray) -> np.ndarray:
+    """``out[x]`` = smallest q >= x with f[q], or a huge value."""
+    big = np.int64(1) << 40
+    idx = np.where(f, np.arange(f.size), big)
+    return np.minimum.accumulate(idx[::-1])[::-1] if f.size else idx
+
+
+def _runs(m: np.ndarray) -> np.ndarray:
+    """Length of the run of True starting at each position."""
+    nxt = _next_true(~m)
+    return np.minimum(nxt, m.size) - np.arange(m.size)
+
+
+def match_program(prog: Program, member: Callable[[Atom], np.ndarray], u: np.ndarray) -> np.ndarray:
+    """Anchored leftmost-first match end at every position of ``u`` (``-1`` = no match).
+
+    ``member(atom)`` gives the atom's bool membership over ``u`` (False at sentinels).
+    """
+    n = u.size
+    pos = np.arange(n)
+    out = np.full(n, -1, dtype=np.int64)
+    for alt in prog.alternatives:
+        end = _seq_end(alt, member, u, pos)
+        out = np.where((out < 0) & (end >= 0), end, out)
+    return out
+
+
+def _shift(x: np.ndarray, k: int, fill) -> np.ndarray:
+    """``x[i + k]`` (k may be negative), ``fill`` outside."""
+    out = np.full_like(x, fill)
+    if k >= 0:
+        out[: x.size - k] = x[k:]
+    else:
+        out[-k:] = x[: x.size + k]
+    return out
+
+
+def _seq_end(items, member, u, pos) -> np.ndarray:
+    n = u.size
+    # end[i]: where the rest of the sequence (items[j:]) ends when started at i, or -1
+    end = pos.copy()
+    for it in reversed(items):
+        ok = end >= 0
+        if isinstance(it, Repeat):
+            m = member(it.atom)
+            run = _runs(m)
+            hi = np.minimum(run, it.max)
+            if it.mode == "greedy":
+                q = _prev_true(ok)[np.minimum(pos + hi, n - 1)]
+                good = (hi >= it.min) & (q >= pos + it.min)
+            elif it.mode == "lazy":
+                q = _next_true(ok)[np.minimum(pos + it.min, n - 1)]
+                good = (hi >= it.min) & (q <= pos + hi)
+            else:
+                q = np.minimum(pos + hi, n - 1)
+                good = (hi >= it.min) & ok[q]
+            new = np.where(good, end[np.clip(q, 0, n - 1)], -1)
+        elif isinstance(it, Choice):
+            new = np.full(n, -1, dtype=np.int64)
+            cands = list(it.options)
+            order = ([()] + cands) if (it.optional and it.lazy) else (cands + ([()] if it.optional else []))
+            for opt in order:
+                hit = _fixed_match(opt, member, n)
+                w = len(opt)
+                tgt = np.minimum(pos + w, n - 1)
+                take = (new < 0) & hit & ok[tgt]
+                new = np.where(take, end[tgt], new)
+        else:
+            cond = _assert(it, member, u, pos)
+            new = np.where(cond & ok, end, -1)
+        end = new
+    return end
+
+
+def _fixed_match(opt, member, n) -> np.ndarray:
+    hit = np.ones(n, dtype=bool)
+    for t, a in enumerate(opt):
+        hit &= _shift(member(a), t, False)
+    return hit
+
+
+def _assert(it: Assert, member, u, pos) -> np.ndarray:
+    n = u.size
+    real = u != SENTINEL
+    prev_real = _shift(real, -1, False)
+    if it.kind == "ahead":
+        cond = match_program(it.program, member, u) >= 0
+    elif it.kind == "behind":
+        cond = np.zeros(n, dtype=bool)
+        for opt in it.options:
+            cond |= _shift(_fixed_match(opt, member, n), -len(opt), False)
+    elif it.kind == "start":
+        cond = ~prev_real
+    elif it.kind == "end":
+        cond = ~real
+    elif it.kind == "end_or_final_newline":
+        cond = ~real | ((u == 10) & ~_shift(real, 1, False))
+    elif it.kind == "line_start":
+        cond = ~prev_real | (_shift(u, -1, SENTINEL) == 10)
+    elif it.kind == "line_end":
+        cond = ~real | (u == 10)
+    elif it.kind == "word_boundary":
+        w = member(it.atom)
+        cond = w != _shift(w, -1, False)
+    else:  # pragma: no cover - the lowering only makes the kinds above
+        raise UnsupportedError(f"assertion {it.kind}")
+    return ~cond if it.negate else cond
+
+
+def find_matches(prog: Program, member_of_cp: Callable[[Atom], np.ndarray], text: str) -> list[tuple[int, int]]:
+    """Non-overlapping leftmost-first matches of ``prog`` in ``text`` (char offsets), like Oniguruma's
+    ``find_iter`` (the reference for tests; empty matches are refused at export)."""
+    u, _ = layout([[ord(c) for c in text]], pad=prog.max_fixed_width() + 1)
+    cache: dict[Atom, np.ndarray] = {}
+
+    def member(a: Atom) -> np.ndarray:
+        if a not in cache:
+            tbl = member_of_cp(a)
+            cache[a] = np.where(u >= 0, tbl[np.maximum(u, 0)], False)
+        return cache[a]
+
+    end = match_program(prog, member, u)
+    out = []
+    i = 0
+    while i < len(text):
+        if end[i] > i:
+            out.append((i, int(end[i])))
+            i = int(end[i])
+        else:
+            i += 1
+    return out
