@@ -1,7 +1,16 @@
-"""TF encoders against the Hugging Face torch models: ``last_hidden_state`` on padded batches."""
+"""TF encoders against the Hugging Face torch models: ``last_hidden_state`` on padded batches.
+
+The BERT-family fixtures (``tiny_bert`` ...) come from conftest; the new families (RoBERTa,
+CamemBERT, ModernBERT, Qwen2, Qwen3) are tiny random torch models built here, saved with
+``save_pretrained`` and read back from safetensors, as an export reads them.
+"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +19,21 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
-from packager.encoders import architecture, build_encoder  # noqa: E402
-from packager.encoders.layers import ACTIVATIONS  # noqa: E402
+from packager.encoders import SUPPORTED_MODEL_TYPES, architecture, build_encoder, convert  # noqa: E402
+from packager.encoders.activations import ACTIVATIONS, TORCH_ACTIVATIONS, torch_name_to_activation  # noqa: E402
 from packager.encoders.weights import load_weights  # noqa: E402
 from packager.errors import ModelError, UnsupportedError  # noqa: E402
 
 TOL = 1e-5
 TINY = ["tiny_bert", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr"]
+# Tiny random HF models of the new families (fixture name -> left padding?)
+NEW = {"tiny_roberta": False, "tiny_camembert": False, "tiny_modernbert": False, "tiny_qwen3": True,
+       "tiny_qwen3_sliding": True, "tiny_qwen2": True}
+ALL = TINY + list(NEW)
+MIXED = [17, 1, 40, 5, 33, 2]  # longer than ModernBERT's window (8) and Qwen3's sliding window (6)
 
 
+# --------------------------------------------------------------------------- helpers
 def _hf_config(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / "config.json").read_text())
 
@@ -26,8 +41,7 @@ def _hf_config(model_dir: Path) -> dict:
 def _encoder(model_dir: Path, **options):
     cfg = _hf_config(model_dir)
     weights = load_weights(Path(model_dir) / "model.safetensors")
-    arch = architecture(cfg["model_type"])
-    return arch.Encoder(arch.convert_config(cfg), weights, pad_token_id=cfg.get("pad_token_id", 0), **options)
+    return build_encoder(cfg["model_type"], cfg, weights, **options)
 
 
 def _torch_model(model_dir: Path):
@@ -36,19 +50,24 @@ def _torch_model(model_dir: Path):
     return AutoModel.from_pretrained(str(model_dir)).eval()
 
 
-def _padded_batch(cfg: dict, lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random ids within the vocab (never the pad id) with right padding, like the tokenizer's output."""
+def _padded_batch(cfg: dict, lengths: list[int], seed: int = 0, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Random ids within the vocab (never the pad id), padded right (encoders) or left (decoder embedders)."""
     rng = np.random.default_rng(seed)
-    pad = cfg.get("pad_token_id", 0)
+    pad = cfg.get("pad_token_id") or 0
     vocab = cfg["vocab_size"]
-    T = max(lengths)
+    T = max(lengths, default=0)
     ids = rng.integers(0, vocab, size=(len(lengths), T))
     ids[ids == pad] = (pad + 1) % vocab
     mask = np.zeros_like(ids)
     for i, n in enumerate(lengths):
-        mask[i, :n] = 1
-        ids[i, n:] = pad
+        real = slice(T - n, T) if left else slice(0, n)
+        mask[i, real] = 1
+        ids[i, ~mask[i].astype(bool)] = pad
     return ids.astype(np.int64), mask.astype(np.int64)
+
+
+def _batch_for(fixture: str, model_dir: Path, lengths: list[int], seed: int = 0):
+    return _padded_batch(_hf_config(model_dir), lengths, seed=seed, left=NEW.get(fixture, False))
 
 
 def _reference(model, ids, mask) -> np.ndarray:
@@ -66,24 +85,104 @@ def _real_diff(got: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(got - ref)[mask.astype(bool)].max())
 
 
-def _save_random_hf(model, path: Path, seed: int, bias_scale: float = 0.1) -> Path:
-    """Give every parameter non-trivial values, save as safetensors, return the folder."""
+def _randomize(model, seed: int, bias_scale: float = 0.1):
+    """Give every parameter non-trivial values (norm weights around 1), so parity tests bite."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
+            if name.endswith("weight") and ("norm" in name.lower()):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(bias_scale * torch.randn(p.shape, generator=g))
-    model.eval().save_pretrained(str(path))
+    return model.eval()
+
+
+def _save_random_hf(model, path: Path, seed: int, bias_scale: float = 0.1) -> Path:
+    _randomize(model, seed, bias_scale).save_pretrained(str(path))
     return path
 
 
-@pytest.mark.parametrize("fixture", TINY)
+# --------------------------------------------------------------------------- new-family fixtures
+def _tiny(tmp_path_factory, name: str, make) -> Path:
+    return _save_random_hf(make(), tmp_path_factory.mktemp(name), seed=zlib.crc32(name.encode()) % 1000)
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    cfg = tr.RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=37, max_position_embeddings=70, pad_token_id=1, type_vocab_size=1)
+    return _tiny(tmp_path_factory, "tiny_roberta", lambda: tr.RobertaModel(cfg, add_pooling_layer=False))
+
+
+@pytest.fixture(scope="module")
+def tiny_camembert(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    # pad id 3: positions must use the config's pad id, not RoBERTa's usual 1
+    cfg = tr.CamembertConfig(vocab_size=90, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
+                             intermediate_size=30, max_position_embeddings=60, pad_token_id=3, type_vocab_size=1,
+                             hidden_act="gelu_new", layer_norm_eps=1e-5)
+    return _tiny(tmp_path_factory, "tiny_camembert", lambda: tr.CamembertModel(cfg, add_pooling_layer=False))
+
+
+@pytest.fixture(scope="module")
+def tiny_modernbert(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    # A window of 8 (|i - j| <= 4) on sequences up to 40; layers 0 and 2 global, 1 local; all biases on
+    # so each flag's weights are read; distinct rotary bases per layer type.
+    cfg = tr.ModernBertConfig(vocab_size=110, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                              num_attention_heads=4, global_attn_every_n_layers=2, local_attention=8,
+                              global_rope_theta=5000.0, local_rope_theta=300.0, norm_bias=True,
+                              attention_bias=True, mlp_bias=True, norm_eps=1e-6, hidden_activation="gelu",
+                              pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    return _tiny(tmp_path_factory, "tiny_modernbert", lambda: tr.ModernBertModel(cfg))
+
+
+def _qwen3_config(**kw):
+    import transformers as tr
+
+    # GQA: 4 query heads on 2 kv heads; head_dim 16 != hidden / heads (12).
+    args = dict(vocab_size=130, hidden_size=48, intermediate_size=56, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, rope_theta=1000.0, rms_norm_eps=1e-6, pad_token_id=0,
+                max_position_embeddings=256)
+    args.update(kw)
+    return tr.Qwen3Config(**args)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    return _tiny(tmp_path_factory, "tiny_qwen3", lambda: tr.Qwen3Model(_qwen3_config(attention_bias=True)))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_sliding(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    # Layers 1 and 2 see only the last 6 keys (j > i - 6), causally.
+    cfg = _qwen3_config(use_sliding_window=True, sliding_window=6, max_window_layers=1)
+    return _tiny(tmp_path_factory, "tiny_qwen3_sliding", lambda: tr.Qwen3Model(cfg))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    import transformers as tr
+
+    cfg = tr.Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=44, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, rope_theta=500.0, pad_token_id=0,
+                         hidden_act="silu", max_position_embeddings=128)
+    return _tiny(tmp_path_factory, "tiny_qwen2", lambda: tr.Qwen2Model(cfg))
+
+
+# --------------------------------------------------------------------------- parity with HF
+@pytest.mark.parametrize("fixture", ALL)
 def test_encoder_matches_hf_last_hidden_state_when_padded_batch_of_mixed_lengths(fixture, request):
     model_dir = request.getfixturevalue(fixture)
-    cfg = _hf_config(model_dir)
-    ids, mask = _padded_batch(cfg, [17, 1, 64, 5, 33, 2])
+    ids, mask = _batch_for(fixture, model_dir, MIXED)
     ref = _reference(_torch_model(model_dir), ids, mask)
     got = _run(_encoder(model_dir), ids, mask)
     assert got.shape == ref.shape and got.dtype == np.float32
@@ -93,33 +192,99 @@ def test_encoder_matches_hf_last_hidden_state_when_padded_batch_of_mixed_lengths
     assert not got[~real].any()
 
 
-@pytest.mark.parametrize("fixture", TINY)
-def test_encoder_matches_hf_at_padded_positions_too_when_unpad_is_off(fixture, request):
+@pytest.mark.parametrize("fixture", ALL)
+def test_padded_reference_path_matches_hf_when_unpad_is_off(fixture, request):
     model_dir = request.getfixturevalue(fixture)
-    cfg = _hf_config(model_dir)
-    ids, mask = _padded_batch(cfg, [17, 1, 64, 5, 33, 2])
+    ids, mask = _batch_for(fixture, model_dir, MIXED)
     ref = _reference(_torch_model(model_dir), ids, mask)
-    # HF masks keys only, and so does the padded layout: every position matches.
-    assert np.abs(_run(_encoder(model_dir, unpad=False), ids, mask) - ref).max() <= TOL
+    got = _run(_encoder(model_dir, unpad=False), ids, mask)
+    if fixture in ("tiny_modernbert", "tiny_qwen3", "tiny_qwen3_sliding", "tiny_qwen2"):
+        # A padded query may see no key at all (causal + left padding; or beyond ModernBERT's window).
+        # HF's value there is whatever its kernel makes of an all-masked row; ours must at least be
+        # finite (no NaN to leak into pooling).
+        assert np.isfinite(got).all()
+        assert _real_diff(got, ref, mask) <= TOL
+    else:
+        # HF masks keys only, and so does the padded layout: every position matches.
+        assert np.abs(got - ref).max() <= TOL
 
 
+@pytest.mark.parametrize("fixture", ALL)
+def test_encoder_matches_hf_when_batch_has_one_row(fixture, request):
+    model_dir = request.getfixturevalue(fixture)
+    ids, mask = _batch_for(fixture, model_dir, [23], seed=9)
+    ref = _reference(_torch_model(model_dir), ids, mask)
+    assert _real_diff(_run(_encoder(model_dir), ids, mask), ref, mask) <= TOL
+
+
+@pytest.mark.parametrize("fixture", ["tiny_xlmr", "tiny_modernbert", "tiny_qwen3"])
 @pytest.mark.parametrize("unpad", [True, False])
-def test_encoder_returns_empty_states_when_batch_is_empty(tiny_xlmr, unpad):
-    encoder = _encoder(tiny_xlmr, unpad=unpad)
-    out = encoder(tf.zeros([0, 0], tf.int64), tf.zeros([0, 0], tf.int64))
-    assert out.shape == (0, 0, _hf_config(tiny_xlmr)["hidden_size"])
+@pytest.mark.parametrize("seq", [0, 7])
+def test_encoder_returns_empty_states_when_batch_is_empty(fixture, unpad, seq, request):
+    model_dir = request.getfixturevalue(fixture)
+    encoder = _encoder(model_dir, unpad=unpad)
+    out = encoder(tf.zeros([0, seq], tf.int64), tf.zeros([0, seq], tf.int64))
+    assert out.shape == (0, seq, _hf_config(model_dir)["hidden_size"])
 
 
-@pytest.mark.parametrize("fixture", TINY)
+@pytest.mark.parametrize("fixture", ALL)
 def test_encoder_gives_same_real_token_states_when_batched_with_padding_or_alone(fixture, request):
+    """Alone, a left-padded Qwen row starts at position 0 instead of past the padding: rotary
+    attention depends on position differences only, so its states agree within rounding."""
+    model_dir = request.getfixturevalue(fixture)
+    encoder = _encoder(model_dir)
+    lengths = [40, 9, 3]
+    ids, mask = _batch_for(fixture, model_dir, lengths, seed=1)
+    batched = _run(encoder, ids, mask)
+    for i in range(len(lengths)):
+        keep = mask[i].astype(bool)
+        alone = _run(encoder, ids[i : i + 1, keep], mask[i : i + 1, keep])
+        assert np.abs(batched[i, keep] - alone[0]).max() <= TOL
+
+
+@pytest.mark.parametrize("fixture", ["tiny_mpnet", "tiny_modernbert", "tiny_qwen3_sliding", "tiny_qwen2"])
+@pytest.mark.parametrize("chunk_tokens", [1, 16, 64, 100000])
+def test_sorted_chunks_match_hugging_face_when_a_mixed_batch_is_split(fixture, chunk_tokens, request):
+    """The batch is sorted by length and run in chunks (one row each at 1, all rows at 100000);
+    rows come back in input order, equal to HF on real tokens and zero on padding. MPNet: its
+    relative bias depends on the chunk-cut length; ModernBERT: the sliding window must hold in a
+    cut chunk; Qwen: left padding, so chunks are cut at the front and keep their positions."""
     model_dir = request.getfixturevalue(fixture)
     cfg = _hf_config(model_dir)
-    encoder = _encoder(model_dir)
-    ids, mask = _padded_batch(cfg, [40, 9, 3], seed=1)
-    batched = _run(encoder, ids, mask)
-    for i, n in enumerate([40, 9, 3]):
-        alone = _run(encoder, ids[i : i + 1, :n], mask[i : i + 1, :n])
-        assert np.abs(batched[i, :n] - alone[0]).max() <= TOL
+    ids, mask = _batch_for(fixture, model_dir, [3, 40, 1, 17, 40, 2, 9, 33], seed=5)
+    enc = _encoder(model_dir)
+    got = enc.forward_sorted(tf.constant(ids), tf.constant(mask), chunk_tokens=chunk_tokens).numpy()
+    assert got.shape == ids.shape + (cfg["hidden_size"],)
+    assert _real_diff(got, _reference(_torch_model(model_dir), ids, mask), mask) <= TOL
+    assert not got[~mask.astype(bool)].any()
+    empty = enc.forward_sorted(tf.zeros([0, 7], tf.int64), tf.zeros([0, 7], tf.int64), chunk_tokens=chunk_tokens)
+    assert empty.shape == (0, 7, cfg["hidden_size"])
+
+
+@pytest.mark.slow
+def test_modernbert_matches_hf_when_sequences_span_several_windows(tmp_path):
+    """Default-like ModernBERT geometry scaled down: window 32 on 300-token rows, every third layer global."""
+    import transformers as tr
+
+    cfg = tr.ModernBertConfig(vocab_size=500, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                              num_attention_heads=4, local_attention=32, pad_token_id=0, bos_token_id=1,
+                              eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    path = _save_random_hf(tr.ModernBertModel(cfg), tmp_path, seed=21)
+    ids, mask = _padded_batch(_hf_config(path), [300, 45, 130], seed=3)
+    ref = _reference(_torch_model(path), ids, mask)
+    assert _real_diff(_run(_encoder(path), ids, mask), ref, mask) <= TOL
+
+
+def test_qwen3_encoder_matches_hf_base_model_when_checkpoint_is_a_causal_lm(tmp_path):
+    """A ``Qwen3ForCausalLM`` checkpoint: the base model under ``model.``, plus ``lm_head`` (ignored)."""
+    import transformers as tr
+
+    lm = _randomize(tr.Qwen3ForCausalLM(_qwen3_config(tie_word_embeddings=False)), seed=4)
+    lm.save_pretrained(str(tmp_path))
+    assert any(k.startswith("model.") for k in load_weights(tmp_path / "model.safetensors"))
+    ids, mask = _padded_batch(_hf_config(tmp_path), [12, 30, 1], seed=6, left=True)
+    ref = _reference(lm.model, ids, mask)
+    assert _real_diff(_run(_encoder(tmp_path), ids, mask), ref, mask) <= TOL
 
 
 def test_encoder_matches_hf_when_default_model_padded_to_max_seq_length(default_model_dir):
@@ -173,16 +338,63 @@ def test_bert_encoder_matches_hf_when_config_uses_other_activation_and_eps(hidde
     assert _real_diff(_run(_encoder(path), ids, mask), ref, mask) <= TOL
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
-def test_activation_matches_transformers_when_applied_to_a_grid(name):
+@pytest.mark.parametrize("model,act", [("modernbert", "gelu_pytorch_tanh"), ("modernbert", "silu"),
+                                       ("qwen3", "gelu"), ("qwen2", "relu")])
+def test_pre_norm_encoder_matches_hf_when_config_uses_other_activation(model, act, tmp_path):
+    import transformers as tr
+
+    if model == "modernbert":
+        cfg = tr.ModernBertConfig(vocab_size=80, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                                  num_attention_heads=2, hidden_activation=act, local_attention=4,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+        hf, left = tr.ModernBertModel(cfg), False
+    elif model == "qwen3":
+        hf, left = tr.Qwen3Model(_qwen3_config(hidden_act=act, num_hidden_layers=2)), True
+    else:
+        cfg = tr.Qwen2Config(vocab_size=80, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=2, hidden_act=act, pad_token_id=0)
+        hf, left = tr.Qwen2Model(cfg), True
+    path = _save_random_hf(hf, tmp_path, seed=8)
+    ids, mask = _padded_batch(_hf_config(path), [19, 4, 1], seed=4, left=left)
+    ref = _reference(_torch_model(path), ids, mask)
+    assert _real_diff(_run(_encoder(path), ids, mask), ref, mask) <= TOL
+
+
+# --------------------------------------------------------------------------- activations
+def _torch_reference_activation(name: str):
     from transformers.activations import ACT2FN
 
-    x = np.linspace(-12.0, 12.0, 2001, dtype=np.float32)
-    expected = ACT2FN[name](torch.from_numpy(x)).numpy()
+    if name in ACT2FN:
+        return ACT2FN[name]
+    dotted = next(k for k, v in TORCH_ACTIVATIONS.items() if v == name)
+    module, cls = dotted.rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[cls]), cls)()
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_matches_torch_when_applied_to_a_grid(name):
+    x = np.linspace(-30.0, 30.0, 4001, dtype=np.float32)
+    expected = _torch_reference_activation(name)(torch.from_numpy(x)).numpy()
     got = ACTIVATIONS[name](tf.constant(x)).numpy()
     assert np.abs(got - expected).max() <= 2e-6 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("dotted", sorted(TORCH_ACTIVATIONS))
+def test_torch_activation_names_map_to_the_same_function_when_dense_names_them(dotted):
+    module, cls = dotted.rsplit(".", 1)
+    expected_fn = getattr(__import__(module, fromlist=[cls]), cls)()
+    x = np.linspace(-30.0, 30.0, 1001, dtype=np.float32)
+    for spelling in (dotted, cls):
+        got = ACTIVATIONS[torch_name_to_activation(spelling)](tf.constant(x)).numpy()
+        assert np.abs(got - expected_fn(torch.from_numpy(x)).numpy()).max() <= 2e-6 * max(1.0, np.abs(x).max())
+
+
+def test_torch_activation_lookup_raises_unsupported_naming_the_class_when_unknown():
+    with pytest.raises(UnsupportedError, match=r"torch\.nn\.modules\.activation\.Hardtanh"):
+        torch_name_to_activation("torch.nn.modules.activation.Hardtanh")
+
+
+# --------------------------------------------------------------------------- checkpoints
 def test_bert_encoder_reads_prefixed_pytorch_model_bin_when_checkpoint_is_a_task_model(tiny_bert, tmp_path):
     """A ``pytorch_model.bin`` saved from a task model: keys under ``bert.`` plus head weights."""
     weights = load_weights(tiny_bert / "model.safetensors")
@@ -217,6 +429,27 @@ def test_encoder_raises_model_error_naming_missing_keys_when_checkpoint_lacks_th
     assert "encoder.layer.1.attention.attn.q.bias" in str(err.value)
 
 
+@pytest.mark.parametrize("fixture,drop", [
+    ("tiny_qwen3", ["layers.1.self_attn.k_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.bias"]),
+    ("tiny_modernbert", ["layers.2.attn_norm.bias", "final_norm.weight", "layers.0.mlp.Wi.weight"]),
+])
+def test_convert_weights_raises_model_error_naming_every_missing_key_when_checkpoint_lacks_them(fixture, drop, request):
+    model_dir = request.getfixturevalue(fixture)
+    weights = load_weights(model_dir / "model.safetensors")
+    for key in drop:
+        del weights[key]
+    with pytest.raises(ModelError) as err:
+        convert(_hf_config(model_dir)["model_type"], _hf_config(model_dir), weights)
+    for key in drop:
+        assert key in str(err.value)
+
+
+def test_convert_weights_raises_model_error_naming_shapes_when_kv_heads_disagree_with_weights(tiny_qwen3):
+    cfg = dict(_hf_config(tiny_qwen3), num_key_value_heads=4)
+    with pytest.raises(ModelError, match=r"layers\.0\.self_attn\.k_proj\.weight: \(32, 48\) \(config expects \(64, 48\)\)"):
+        convert("qwen3", cfg, load_weights(tiny_qwen3 / "model.safetensors"))
+
+
 def test_encoder_raises_model_error_when_weights_belong_to_another_architecture(tiny_distilbert, tiny_bert):
     with pytest.raises(ModelError, match=r"attention\.self\.query"):
         build_encoder("bert", _hf_config(tiny_bert), load_weights(tiny_distilbert / "model.safetensors"), 0)
@@ -228,25 +461,175 @@ def test_encoder_raises_model_error_naming_shapes_when_config_disagrees_with_wei
         build_encoder("bert", cfg, load_weights(tiny_bert / "model.safetensors"), 0)
 
 
+def test_convert_weights_keeps_views_of_the_checkpoint_when_weights_are_float32(tiny_qwen3, tiny_modernbert):
+    """No second copy of the weights before they become variables: splits and selections are views."""
+    w = load_weights(tiny_qwen3 / "model.safetensors")
+    spec = convert("qwen3", _hf_config(tiny_qwen3), w)
+    assert np.shares_memory(spec.word_embeddings, w["embed_tokens.weight"])
+    assert np.shares_memory(spec.layers[1].q_w, w["layers.1.self_attn.q_proj.weight"])
+    w = load_weights(tiny_modernbert / "model.safetensors")
+    spec = convert("modernbert", _hf_config(tiny_modernbert), w)
+    fused = w["layers.1.attn.Wqkv.weight"]
+    assert all(np.shares_memory(m, fused) for m in (spec.layers[1].q_w, spec.layers[1].k_w, spec.layers[1].v_w))
+    assert np.shares_memory(spec.layers[1].gate_w, w["layers.1.mlp.Wi.weight"])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+def test_load_weights_returns_float32_equal_to_torch_when_safetensors_holds_other_float_types(dtype, tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a.weight": torch.randn(7, 5, generator=g).to(getattr(torch, dtype)),
+               "b": torch.randn(3, generator=g).to(getattr(torch, dtype)), "ids": torch.arange(4)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    got = load_weights(tmp_path / "model.safetensors")
+    for k, v in tensors.items():
+        expected = v.float().numpy() if v.is_floating_point() else v.numpy()
+        assert got[k].dtype == expected.dtype
+        np.testing.assert_array_equal(got[k], expected)
+
+
+def test_load_weights_raises_model_error_when_safetensors_is_truncated(tiny_qwen3, tmp_path):
+    data = (tiny_qwen3 / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(ModelError, match="bad data offsets|truncated"):
+        load_weights(tmp_path / "model.safetensors")
+
+
+def test_qwen3_encoder_matches_hf_when_checkpoint_is_stored_in_bfloat16(tiny_qwen3, tmp_path):
+    """The graph computes in float32 on the bf16 values widened, as transformers does when asked for
+    float32. (By default transformers 5 loads such a checkpoint as bfloat16 and computes in it.)"""
+    from transformers import AutoModel
+
+    _torch_model(tiny_qwen3).to(torch.bfloat16).save_pretrained(str(tmp_path))
+    reference = AutoModel.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    ids, mask = _padded_batch(_hf_config(tmp_path), [15, 6], seed=2, left=True)
+    assert _real_diff(_run(_encoder(tmp_path), ids, mask), _reference(reference, ids, mask), mask) <= TOL
+
+
+# --------------------------------------------------------------------------- config conversion
 @pytest.mark.parametrize("model_type,field,value", [
     ("bert", "hidden_act", "no_such_act"),
     ("bert", "position_embedding_type", "relative_key"),
     ("distilbert", "activation", "no_such_act"),
     ("xlm-roberta", "hidden_act", "no_such_act"),
+    ("roberta", "position_embedding_type", "relative_key_query"),
+    ("camembert", "hidden_act", "no_such_act"),
     ("mpnet", "hidden_act", "no_such_act"),
+    ("modernbert", "hidden_activation", "no_such_act"),
+    ("qwen3", "hidden_act", "no_such_act"),
+    ("qwen2", "hidden_act", "no_such_act"),
 ])
 def test_convert_config_raises_unsupported_when_config_asks_for_missing_feature(model_type, field, value):
-    with pytest.raises(UnsupportedError, match=value):
+    with pytest.raises(UnsupportedError, match=f"{field} '{value}'"):
         architecture(model_type).convert_config({"model_type": model_type, field: value})
+
+
+@pytest.mark.parametrize("model_type,config,named", [
+    ("qwen3", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}}, r"rope_parameters\.rope_type 'yarn'"),
+    ("qwen3", {"rope_scaling": {"type": "dynamic", "factor": 2.0}}, r"rope_scaling\.rope_type 'dynamic'"),
+    ("qwen2", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, r"rope_scaling\.rope_type 'linear'"),
+    ("modernbert", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e5},
+                                        "sliding_attention": {"rope_type": "linear", "factor": 2.0}}},
+     r"rope_parameters\.sliding_attention\.rope_type 'linear'"),
+    ("modernbert", {"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, r"rope_scaling\.rope_type 'yarn'"),
+    ("modernbert", {"num_hidden_layers": 2, "layer_types": ["full_attention", "chunked_attention"]},
+     r"layer_types entry 'chunked_attention'"),
+    ("qwen3", {"num_hidden_layers": 2, "layer_types": ["full_attention", "sliding_attention"]},
+     r"sliding_attention layers without use_sliding_window"),
+    ("qwen3", {"num_attention_heads": 6, "num_key_value_heads": 4}, r"num_key_value_heads 4"),
+])
+def test_convert_config_raises_unsupported_naming_the_field_when_rotary_or_layout_is_not_implemented(
+        model_type, config, named):
+    with pytest.raises(UnsupportedError, match=named):
+        architecture(model_type).convert_config({"model_type": model_type, **config})
 
 
 def test_convert_config_fills_hf_defaults_when_fields_are_missing():
     cfg = architecture("bert").convert_config({"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12})
     assert cfg["layer_norm_eps"] == 1e-12 and cfg["hidden_act"] == "gelu" and cfg["num_layers"] == 12
     assert architecture("xlm-roberta").convert_config({"pad_token_id": 5})["padding_idx"] == 5
+    assert architecture("camembert").convert_config({"model_type": "camembert", "pad_token_id": 3})["padding_idx"] == 3
     assert architecture("mpnet").convert_config({"pad_token_id": 5})["padding_idx"] == 1  # hard-coded by HF
+    # Qwen3Config's head_dim default is 128, not hidden / heads; Qwen2 has no such default.
+    assert architecture("qwen3").convert_config({"hidden_size": 64, "num_attention_heads": 4})["head_dim"] == 128
+    assert architecture("qwen2").convert_config({"hidden_size": 64, "num_attention_heads": 4})["head_dim"] == 16
 
 
+def _hf_modernbert_layers(**kwargs) -> list[dict]:
+    """What transformers 5 makes of a ModernBERT config: (rope theta, half window or None) per layer."""
+    import transformers as tr
+
+    c = tr.ModernBertConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, **kwargs)
+    return [{"rope_theta": float(c.rope_parameters[t]["rope_theta"]),
+             "look_back": c.sliding_window if t == "sliding_attention" else None,
+             "look_ahead": c.sliding_window if t == "sliding_attention" else None} for t in c.layer_types]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_hidden_layers": 7},  # HF defaults: every 3rd layer global, thetas 160000 / 10000, window 128
+    {"num_hidden_layers": 5, "global_attn_every_n_layers": 2, "local_attention": 10,
+     "global_rope_theta": 1000.0, "local_rope_theta": 77.0},  # transformers 4 spelling
+    {"num_hidden_layers": 3, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+     "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 12.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 34.0}}},  # transformers 5
+])
+def test_modernbert_convert_config_resolves_layers_like_transformers_when_config_uses_either_spelling(kwargs):
+    hf_config = {"model_type": "modernbert", **kwargs}
+    assert architecture("modernbert").convert_config(hf_config)["layers"] == _hf_modernbert_layers(**kwargs)
+
+
+def test_modernbert_convert_config_reads_saved_config_when_written_by_transformers_5(tiny_modernbert):
+    cfg = architecture("modernbert").convert_config(_hf_config(tiny_modernbert))
+    assert [layer["look_back"] for layer in cfg["layers"]] == [None, 4, None]
+    assert [layer["rope_theta"] for layer in cfg["layers"]] == [5000.0, 300.0, 5000.0]
+
+
+def test_qwen3_convert_config_reads_rope_theta_when_config_is_written_by_transformers_4():
+    old = {"model_type": "qwen3", "rope_theta": 1000000.0, "rope_scaling": None, "use_sliding_window": False,
+           "sliding_window": None, "max_window_layers": 28, "num_hidden_layers": 2, "hidden_size": 64,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    cfg = architecture("qwen3").convert_config(old)
+    assert [layer["rope_theta"] for layer in cfg["layers"]] == [1e6, 1e6]
+    assert all(layer["look_ahead"] == 0 and layer["look_back"] is None for layer in cfg["layers"])
+
+
+def test_rope_inverse_frequencies_match_torch_when_bases_and_dims_are_those_of_real_models():
+    from packager.encoders.rope import inverse_frequencies
+
+    for base in (10_000.0, 160_000.0, 1_000_000.0):
+        for dim in (32, 64, 128):
+            expected = (1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))).numpy()
+            got = inverse_frequencies(base, dim)
+            assert got.dtype == np.float32
+            assert np.abs(got.view(np.int32) - expected.view(np.int32)).max() <= 1  # at most 1 ulp
+
+
+def test_architecture_raises_unsupported_listing_supported_types_when_model_type_is_unknown():
+    with pytest.raises(UnsupportedError) as err:
+        architecture("llama")
+    assert "'llama'" in str(err.value)
+    for model_type in ("bert", "roberta", "modernbert", "qwen3", "qwen2"):
+        assert model_type in str(err.value)
+
+
+def test_encoder_package_converts_configs_and_weights_without_importing_tensorflow_when_used_tf_free(tiny_qwen3):
+    code = (
+        "import sys, json\n"
+        "from packager.encoders import SUPPORTED_MODEL_TYPES, architecture, convert\n"
+        "from packager.encoders.weights import load_weights\n"
+        "for t in SUPPORTED_MODEL_TYPES: architecture(t).convert_config({'model_type': t})\n"
+        f"d = {str(tiny_qwen3)!r}\n"
+        "spec = convert('qwen3', json.load(open(d + '/config.json')), load_weights(d + '/model.safetensors'))\n"
+        "assert len(spec.layers) == 3\n"
+        "bad = [m for m in ('tensorflow', 'torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# --------------------------------------------------------------------------- SavedModel
 def _largest_graph_constant(pb: Path) -> int:
     """Bytes of the biggest ``Const`` tensor anywhere in a SavedModel's graph and functions."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -257,10 +640,9 @@ def _largest_graph_constant(pb: Path) -> int:
     return max((len(n.attr["value"].tensor.tensor_content) for n in nodes if n.op == "Const"), default=0)
 
 
-@pytest.mark.parametrize("fixture", TINY)
+@pytest.mark.parametrize("fixture", TINY + ["tiny_modernbert", "tiny_qwen3"])
 def test_encoder_gives_same_output_when_saved_and_reloaded_as_saved_model(fixture, request, tmp_path):
     model_dir = request.getfixturevalue(fixture)
-    cfg = _hf_config(model_dir)
     encoder = _encoder(model_dir)
     assert encoder.variables and not encoder.trainable_variables
     export = tmp_path / "saved"
@@ -270,26 +652,106 @@ def test_encoder_gives_same_output_when_saved_and_reloaded_as_saved_model(fixtur
     assert (export / "variables" / "variables.data-00000-of-00001").stat().st_size >= weight_bytes
     assert _largest_graph_constant(export / "saved_model.pb") < 4096
 
-
     loaded = tf.saved_model.load(str(export))
-    ids, mask = _padded_batch(cfg, [20, 6, 1], seed=8)
+    ids, mask = _batch_for(fixture, model_dir, [20, 6, 1], seed=8)
     serve = loaded.signatures["serving_default"]
     (out,) = serve(input_ids=tf.constant(ids), attention_mask=tf.constant(mask)).values()
     np.testing.assert_array_equal(out.numpy(), _run(encoder, ids, mask))
     np.testing.assert_array_equal(loaded(tf.constant(ids), tf.constant(mask)).numpy(), out.numpy())
 
 
-@pytest.mark.parametrize("chunk_tokens", [1, 16, 64, 100000])
-def test_sorted_chunks_match_hugging_face_when_a_mixed_batch_is_split(tiny_mpnet, chunk_tokens):
-    """The batch is sorted by length and run in chunks (one row each at 1, all rows at 100000);
-    rows come back in input order, equal to HF on real tokens and zero on padding. MPNet, because its
-    relative position bias depends on the (chunk-cut) sequence length."""
-    cfg = _hf_config(tiny_mpnet)
-    ids, mask = _padded_batch(cfg, [3, 40, 1, 17, 40, 2, 9, 33], seed=5)
-    enc = _encoder(tiny_mpnet)
-    got = enc.forward_sorted(tf.constant(ids), tf.constant(mask), chunk_tokens=chunk_tokens).numpy()
-    assert got.shape == ids.shape + (cfg["hidden_size"],)
-    assert _real_diff(got, _reference(_torch_model(tiny_mpnet), ids, mask), mask) < 1e-5
-    assert not got[~mask.astype(bool)].any()
-    empty = enc.forward_sorted(tf.zeros([0, 7], tf.int64), tf.zeros([0, 7], tf.int64), chunk_tokens=chunk_tokens)
-    assert empty.shape == (0, 7, cfg["hidden_size"])
+# --------------------------------------------------------------------------- sentence-transformers
+def _bpe_tokenizer(path: Path, padding_side: str, post: str):
+    """A byte-level BPE tokenizer trained on the shipped corpus, saved as a fast HF tokenizer.
+
+    ``post``: ``"eos"`` appends ``<|endoftext|>`` (as Qwen3-Embedding's tokenizer does), ``"roberta"``
+    wraps in ``<s> ... </s>``.
+    """
+    import transformers as tr
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    import tiny_models
+
+    specials = ["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(tiny_models.training_text(400), trainer)
+    if post == "eos":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
+        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                          padding_side=padding_side)
+    else:
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                          unk_token="<unk>", padding_side=padding_side)
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def _st_model(root: Path, arch: str) -> Path:
+    """A tiny sentence-transformers model: Qwen3 + lasttoken + Normalize (left padding), or
+    ModernBERT + mean + Normalize, or RoBERTa + cls (right padding)."""
+    import transformers as tr
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    hf_dir = root / "hf"
+    tok = _bpe_tokenizer(hf_dir, "left" if arch == "qwen3" else "right", "eos" if arch == "qwen3" else "roberta")
+    V = len(tok)
+    if arch == "qwen3":
+        model, pooling = tr.Qwen3Model(_qwen3_config(vocab_size=V, pad_token_id=tok.pad_token_id)), "lasttoken"
+    elif arch == "modernbert":
+        cfg = tr.ModernBertConfig(vocab_size=V, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                                  num_attention_heads=4, global_attn_every_n_layers=2, local_attention=8,
+                                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id, cls_token_id=tok.bos_token_id,
+                                  sep_token_id=tok.eos_token_id)
+        model, pooling = tr.ModernBertModel(cfg), "mean"
+    else:
+        cfg = tr.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=37, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                               type_vocab_size=1)
+        model, pooling = tr.RobertaModel(cfg, add_pooling_layer=False), "cls"
+    _randomize(model, seed=11).save_pretrained(str(hf_dir))
+    transformer = Transformer(str(hf_dir), max_seq_length=48)
+    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(root / "st"))
+    return root / "st"
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "modernbert", "roberta"])
+def test_encoder_and_heads_match_sentence_transformers_encode_when_fed_hf_token_ids(arch, tmp_path, corpus):
+    """HF-tokenized ids (left-padded for Qwen3, whose tokenizer appends EOS) through this encoder and
+    the exported pooling/normalize modules equal ``SentenceTransformer.encode``."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from packager.source import load_spec
+
+    st_dir = _st_model(tmp_path, arch)
+    sentences = [s for s in corpus if s.strip()][:40] + ["a", "hello world " * 30]
+    expected = SentenceTransformer(str(st_dir), device="cpu").encode(sentences, batch_size=64, convert_to_numpy=True)
+    tok = AutoTokenizer.from_pretrained(str(st_dir))
+    enc = tok(sentences, padding=True, truncation=True, max_length=48, return_tensors="np")
+    mask = enc["attention_mask"]
+    if arch == "qwen3":
+        assert tok.padding_side == "left" and (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any()
+    features = {"input_ids": tf.constant(enc["input_ids"], tf.int64), "attention_mask": tf.constant(mask, tf.int64)}
+    features["token_embeddings"] = _encoder(st_dir)(features["input_ids"], features["attention_mask"])
+    spec = load_spec(st_dir)
+    for head in spec.heads:
+        features = head.build(spec.model_dir)(features)
+    got = features["sentence_embedding"].numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= TOL
+
+
+# --------------------------------------------------------------------------- registry
+def test_supported_model_types_resolve_to_converters_when_listed():
+    for model_type in SUPPORTED_MODEL_TYPES:
+        arch = architecture(model_type)
+        assert callable(arch.convert_config) and callable(arch.convert_weights)

@@ -1,36 +1,91 @@
-"""One file per encoder architecture, registered by Hugging Face ``model_type``.
+"""One file per encoder architecture, registered by Hugging Face ``model_type`` (keras-hub style).
 
-Each architecture module (imported lazily; it imports TF) exposes:
-    convert_config(hf_config: dict) -> dict   # pure: the fields the TF encoder needs
-    Encoder(config: dict, weights: dict[str, np.ndarray], pad_token_id: int) -> tf.Module
-        __call__(input_ids: int64 [B, T], attention_mask: int64 [B, T]) -> float32 [B, T, H]
-        (the ``last_hidden_state`` of the Hugging Face model, i.e. ST's ``token_embeddings``)
+Each architecture file is TF-free (numpy only) and provides two pure functions:
+
+    convert_config(hf_config: dict) -> dict
+        the fields the forward pass needs, with Hugging Face's defaults filled in; raises
+        ``UnsupportedError`` naming any config field whose value the port does not implement.
+    convert_weights(config: dict, weights: dict[str, np.ndarray]) -> PostLNWeights | PreNormWeights
+        the checkpoint mapped onto one of the shared forward passes (``spec.py``); raises
+        ``ModelError`` naming every missing weight and wrong shape.
+
+The forward passes (TensorFlow) live apart, in ``layers.py`` (post-LN: BERT family) and
+``pre_norm.py`` (rotary, pre-norm: ModernBERT, Qwen), picked by ``forward.build``. Importing
+this package, :func:`architecture` and the converters never imports TensorFlow, so a bad model
+is refused before TF loads. Adding an architecture is one new file plus one line in
+:data:`SUPPORTED_MODEL_TYPES`.
+
+Example:
+    >>> arch = architecture("qwen3")                     # TF-free
+    >>> cfg = arch.convert_config(hf_config)
+    >>> encoder = build_encoder("qwen3", hf_config, load_weights(path))   # imports TF
+    >>> encoder(input_ids, attention_mask)               # int64 [B, T] -> float32 [B, T, H]
 """
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 from ..errors import UnsupportedError
 
-# model_type -> architecture module name (in this package)
-SUPPORTED_MODEL_TYPES = {
+# Hugging Face model_type -> architecture module (in this package). The registry, as a table.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "bert": "bert",
     "mpnet": "mpnet",
     "distilbert": "distilbert",
     "xlm-roberta": "xlm_roberta",
+    "roberta": "roberta",
+    "camembert": "roberta",
+    "modernbert": "modernbert",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
 }
 
 
-def architecture(model_type: str):
+def architecture(model_type: str) -> ModuleType:
+    """The (TF-free) architecture module for a Hugging Face ``model_type``.
+
+    Raises:
+        UnsupportedError: naming the type and listing the supported ones.
+    """
     try:
         name = SUPPORTED_MODEL_TYPES[model_type]
-    except KeyError:
+    except (KeyError, TypeError):
         raise UnsupportedError(
             f"unsupported model_type {model_type!r}. Supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         ) from None
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def build_encoder(model_type: str, hf_config: dict, weights: dict, pad_token_id: int):
+def convert(model_type: str, hf_config: dict, weights: dict):
+    """``convert_config`` then ``convert_weights`` of the architecture (TF-free).
+
+    Returns:
+        the :mod:`~packager.encoders.spec` weights of the forward pass.
+    """
     arch = architecture(model_type)
-    return arch.Encoder(arch.convert_config(hf_config), weights, pad_token_id=pad_token_id)
+    return arch.convert_weights(arch.convert_config(hf_config), weights)
+
+
+def build_encoder(model_type: str, hf_config: dict, weights: dict, pad_token_id: int | None = None, *,
+                  unpad: bool = True):
+    """The TF encoder (a ``tf.Module``) of a checkpoint.
+
+    Args:
+        model_type: Hugging Face ``model_type``.
+        hf_config: ``config.json`` as a dict.
+        weights: checkpoint name -> array (:func:`packager.encoders.weights.load_weights`). The
+            encoder copies them into variables; drop the dict afterwards to free that memory.
+        pad_token_id: unused: every architecture here takes its padding id (where positions need
+            one) from ``config.json``, as Hugging Face does. Kept for callers.
+        unpad: run per-token layers on real tokens only (padded positions come out as zeros);
+            False keeps the padded layout (the reference path).
+
+    Returns:
+        a module whose ``__call__(input_ids, attention_mask)`` (int64 ``[B, T]``) gives the
+        ``last_hidden_state`` (float32 ``[B, T, H]``).
+    """
+    del pad_token_id
+    from .forward import build  # TF from here on
+
+    return build(convert(model_type, hf_config, weights), unpad=unpad)

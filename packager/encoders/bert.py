@@ -2,14 +2,16 @@
 
 Mirrors ``transformers.models.bert.modeling_bert.BertModel`` (without the pooler): for single
 sentences ``token_type_ids`` are all zero, so ``token_type_embeddings[0]`` is added to every
-position (folded into the position table at load time).
+position (folded into the position table at load time). TF-free.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import UnsupportedError
-from .layers import CheckpointReader, PostLNEncoder, check_activation, check_heads, read_layer
+from .activations import check_activation
+from .checkpoint import CheckpointReader
+from .spec import LayerWeights, PostLNWeights, check_heads
 
 # transformers' BertConfig defaults, used where config.json leaves a field out.
 DEFAULTS = {
@@ -18,7 +20,7 @@ DEFAULTS = {
     "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
 }
 
-# Per-layer checkpoint names shared by BERT and RoBERTa/XLM-R.
+# Per-layer checkpoint names shared by BERT and the RoBERTa family.
 LAYER_NAMES = {
     "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
     "o": "attention.output.dense", "attn_ln": "attention.output.LayerNorm",
@@ -32,11 +34,17 @@ def convert_config(hf_config: dict) -> dict:
     Raises:
         UnsupportedError: a ``hidden_act`` or ``position_embedding_type`` the TF port lacks.
     """
-    return _convert(hf_config, DEFAULTS, "bert")
+    return convert_bert_style(hf_config, DEFAULTS, "bert")
 
 
-def _convert(hf_config: dict, defaults: dict, model_type: str) -> dict:
-    cfg = {k: hf_config.get(k, v) if hf_config.get(k) is not None else v for k, v in defaults.items()}
+def with_defaults(hf_config: dict, defaults: dict) -> dict:
+    """``defaults`` overridden by the config's non-null values."""
+    return {k: hf_config[k] if hf_config.get(k) is not None else v for k, v in defaults.items()}
+
+
+def convert_bert_style(hf_config: dict, defaults: dict, model_type: str) -> dict:
+    """The config conversion BERT, MPNet and the RoBERTa family share."""
+    cfg = with_defaults(hf_config, defaults)
     position_type = hf_config.get("position_embedding_type", "absolute")
     if position_type not in (None, "absolute"):
         raise UnsupportedError(
@@ -45,6 +53,7 @@ def _convert(hf_config: dict, defaults: dict, model_type: str) -> dict:
     check_activation(cfg["hidden_act"])
     check_heads(int(cfg["hidden_size"]), int(cfg["num_attention_heads"]))
     return {
+        "model_type": model_type,
         "vocab_size": int(cfg["vocab_size"]),
         "hidden_size": int(cfg["hidden_size"]),
         "num_layers": int(cfg["num_hidden_layers"]),
@@ -58,17 +67,37 @@ def _convert(hf_config: dict, defaults: dict, model_type: str) -> dict:
     }
 
 
-def read_bert_style(config: dict, weights: dict, model_type: str) -> dict:
-    """Read the embeddings and layers that BERT and RoBERTa/XLM-R checkpoints name alike.
+def read_layer(ckpt: CheckpointReader, names: dict[str, str], hidden: int, intermediate: int) -> LayerWeights | None:
+    """Read one post-LN layer given ``field -> checkpoint name`` (without ``.weight``/``.bias``).
 
-    Returns the keyword arguments of :class:`PostLNEncoder` (without ``padding_idx``), with
-    token type 0 folded into the position table.
+    ``names`` keys: q, k, v, o, attn_ln, ffn_in, ffn_out, out_ln. Returns None if anything
+    is missing (the reader has recorded it).
+    """
+    shapes = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "o": (hidden, hidden),
+              "ffn_in": (intermediate, hidden), "ffn_out": (hidden, intermediate)}
+    out = {}
+    for field, name in names.items():
+        if field.endswith("_ln"):
+            out[f"{field}_g"] = ckpt.get(f"{name}.weight", (hidden,))
+            out[f"{field}_b"] = ckpt.get(f"{name}.bias", (hidden,))
+        else:
+            out[f"{field}_w"] = ckpt.get(f"{name}.weight", shapes[field])
+            out[f"{field}_b"] = ckpt.get(f"{name}.bias", (shapes[field][0],))
+    if any(v is None for v in out.values()):
+        return None
+    return LayerWeights(**out)
+
+
+def read_bert_style(config: dict, weights: dict, padding_idx: int | None) -> PostLNWeights:
+    """Read the embeddings and layers that BERT and RoBERTa-family checkpoints name alike.
+
+    Token type 0 is folded into the position table.
 
     Raises:
         ModelError: naming every missing weight and wrong shape.
     """
     H, I = config["hidden_size"], config["intermediate_size"]
-    ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", model_type)
+    ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", config["model_type"])
     word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
     pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
     types = ckpt.get("embeddings.token_type_embeddings.weight", (config["type_vocab_size"], H))
@@ -76,31 +105,19 @@ def read_bert_style(config: dict, weights: dict, model_type: str) -> dict:
     layers = [read_layer(ckpt, {f: f"encoder.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
               for i in range(config["num_layers"])]
     ckpt.check()
-    return {
-        "word_embeddings": word,
+    return PostLNWeights(
+        word_embeddings=word,
         # Single sentences use token type 0 everywhere: add it once here, not per token per call.
-        "position_embeddings": pos + types[0][np.newaxis, :],
-        "embed_ln": ln,
-        "layers": layers,
-        "num_heads": config["num_heads"],
-        "activation": config["hidden_act"],
-        "layer_norm_eps": config["layer_norm_eps"],
-    }
+        position_embeddings=pos + types[0][np.newaxis, :],
+        embed_ln=ln,
+        layers=layers,
+        num_heads=config["num_heads"],
+        activation=config["hidden_act"],
+        layer_norm_eps=config["layer_norm_eps"],
+        padding_idx=padding_idx,
+    )
 
 
-class Encoder(PostLNEncoder):
-    """BERT encoder as a ``tf.Module``; ``__call__(input_ids, attention_mask)`` -> ``last_hidden_state``.
-
-    Args:
-        config: the output of :func:`convert_config`.
-        weights: checkpoint name -> array (any ``bert.``/``model.`` prefix).
-        pad_token_id: unused by BERT (absolute positions); part of the shared contract.
-        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
-
-    Example:
-        >>> enc = Encoder(convert_config(hf_config), load_weights(path), pad_token_id=0)
-        >>> enc(tf.constant([[101, 2023, 102]], tf.int64), tf.ones([1, 3], tf.int64))
-    """
-
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0, *, unpad: bool = True):
-        super().__init__(**read_bert_style(config, weights, "bert"), padding_idx=None, unpad=unpad, name="bert")
+def convert_weights(config: dict, weights: dict) -> PostLNWeights:
+    """Checkpoint (any ``bert.``/``model.`` prefix) -> post-LN forward weights. Pure."""
+    return read_bert_style(config, weights, padding_idx=None)

@@ -2,11 +2,14 @@
 
 Mirrors ``transformers.models.distilbert.modeling_distilbert.DistilBertModel``: absolute
 positions ``0..T-1`` (sinusoidal tables are stored in the checkpoint like learned ones), and
-every LayerNorm uses eps 1e-12 whatever the config says.
+every LayerNorm uses eps 1e-12 whatever the config says. TF-free.
 """
 from __future__ import annotations
 
-from .layers import CheckpointReader, PostLNEncoder, check_activation, check_heads, read_layer
+from .activations import check_activation
+from .bert import read_layer, with_defaults
+from .checkpoint import CheckpointReader
+from .spec import PostLNWeights, check_heads
 
 DEFAULTS = {
     "vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072,
@@ -21,10 +24,11 @@ LAYER_NAMES = {
 
 def convert_config(hf_config: dict) -> dict:
     """Hugging Face ``config.json`` -> encoder fields (pure), in the names the other encoders use."""
-    cfg = {k: hf_config.get(k) if hf_config.get(k) is not None else v for k, v in DEFAULTS.items()}
-    check_activation(cfg["activation"])
+    cfg = with_defaults(hf_config, DEFAULTS)
+    check_activation(cfg["activation"], "activation")
     check_heads(int(cfg["dim"]), int(cfg["n_heads"]))
     return {
+        "model_type": "distilbert",
         "vocab_size": int(cfg["vocab_size"]),
         "hidden_size": int(cfg["dim"]),
         "num_layers": int(cfg["n_layers"]),
@@ -37,25 +41,16 @@ def convert_config(hf_config: dict) -> dict:
     }
 
 
-class Encoder(PostLNEncoder):
-    """DistilBERT encoder as a ``tf.Module``; ``__call__(input_ids, attention_mask)`` -> ``last_hidden_state``.
-
-    Args:
-        config: the output of :func:`convert_config`.
-        weights: checkpoint name -> array (any ``distilbert.`` prefix).
-        pad_token_id: unused (absolute positions); part of the shared contract.
-        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
-    """
-
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = 0, *, unpad: bool = True):
-        H, I = config["hidden_size"], config["intermediate_size"]
-        ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "distilbert")
-        word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
-        pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
-        ln = (ckpt.get("embeddings.LayerNorm.weight", (H,)), ckpt.get("embeddings.LayerNorm.bias", (H,)))
-        layers = [read_layer(ckpt, {f: f"transformer.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
-                  for i in range(config["num_layers"])]
-        ckpt.check()
-        super().__init__(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers,
+def convert_weights(config: dict, weights: dict) -> PostLNWeights:
+    """Checkpoint (any ``distilbert.`` prefix) -> post-LN forward weights. Pure."""
+    H, I = config["hidden_size"], config["intermediate_size"]
+    ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "distilbert")
+    word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
+    pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
+    ln = (ckpt.get("embeddings.LayerNorm.weight", (H,)), ckpt.get("embeddings.LayerNorm.bias", (H,)))
+    layers = [read_layer(ckpt, {f: f"transformer.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
+              for i in range(config["num_layers"])]
+    ckpt.check()
+    return PostLNWeights(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers,
                          num_heads=config["num_heads"], activation=config["hidden_act"],
-                         layer_norm_eps=config["layer_norm_eps"], padding_idx=None, unpad=unpad, name="distilbert")
+                         layer_norm_eps=config["layer_norm_eps"])

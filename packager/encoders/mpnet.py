@@ -1,4 +1,4 @@
-"""MPNet (all-mpnet-base-v2): RoBERTa-style positions plus a relative position bias.
+"""MPNet (all-mpnet-base-v2): RoBERTa-style positions plus a relative position bias. TF-free.
 
 Mirrors ``transformers.models.mpnet.modeling_mpnet.MPNetModel`` (no pooler):
 
@@ -11,8 +11,8 @@ Mirrors ``transformers.models.mpnet.modeling_mpnet.MPNetModel`` (no pooler):
   whatever ``relative_attention_num_buckets`` says). Positions for the bias are ``0..T-1``,
   independent of padding.
 
-Buckets are resolved at load time in numpy (float32, as torch computes them) into a per-head
-table indexed by the clipped relative position, so the graph does one gather per call.
+Buckets are resolved here in numpy (float32, as torch computes them) into a per-head table
+indexed by the clipped relative position, so the graph does one gather per call.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import math
 import numpy as np
 
 from ..errors import ModelError
-from .bert import _convert
-from .layers import CheckpointReader, PostLNEncoder, read_layer
+from .bert import convert_bert_style, read_layer
+from .checkpoint import CheckpointReader
+from .spec import PostLNWeights
 
 DEFAULTS = {
     "vocab_size": 30527, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -41,7 +42,7 @@ LAYER_NAMES = {
 
 def convert_config(hf_config: dict) -> dict:
     """Hugging Face ``config.json`` -> encoder fields (pure)."""
-    cfg = _convert(hf_config, DEFAULTS, "mpnet")
+    cfg = convert_bert_style(hf_config, DEFAULTS, "mpnet")
     cfg.pop("type_vocab_size")
     cfg["relative_attention_num_buckets"] = int(hf_config.get("relative_attention_num_buckets") or 32)
     cfg["padding_idx"] = PADDING_IDX
@@ -78,33 +79,22 @@ def relative_bias_table(bias_weight: np.ndarray, span: int) -> np.ndarray:
     return np.ascontiguousarray(bias_weight[relative_position_bucket(rel)].T)
 
 
-class Encoder(PostLNEncoder):
-    """MPNet encoder as a ``tf.Module``; ``__call__(input_ids, attention_mask)`` -> ``last_hidden_state``.
-
-    Args:
-        config: the output of :func:`convert_config`.
-        weights: checkpoint name -> array (any ``mpnet.``/``model.`` prefix).
-        pad_token_id: the tokenizer's pad id; positions use HF's fixed ``padding_idx`` of 1
-            like the torch model does, whatever this is.
-        unpad: see :class:`~packager.encoders.layers.PostLNEncoder`.
-    """
-
-    def __init__(self, config: dict, weights: dict, pad_token_id: int = PADDING_IDX, *, unpad: bool = True):
-        H, I, heads = config["hidden_size"], config["intermediate_size"], config["num_heads"]
-        ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "mpnet")
-        word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
-        pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
-        ln = (ckpt.get("embeddings.LayerNorm.weight", (H,)), ckpt.get("embeddings.LayerNorm.bias", (H,)))
-        rel = ckpt.get("encoder.relative_attention_bias.weight", (config["relative_attention_num_buckets"], heads))
-        layers = [read_layer(ckpt, {f: f"encoder.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
-                  for i in range(config["num_layers"])]
-        ckpt.check()
-        if rel.shape[0] < NUM_BUCKETS:
-            raise ModelError(f"mpnet relative_attention_bias has {rel.shape[0]} buckets; "
-                             f"the model uses {NUM_BUCKETS}")
-        # Any span >= MAX_DISTANCE covers every bucket; clipping longer distances changes nothing.
-        span = max(config["max_position_embeddings"], 2 * MAX_DISTANCE)
-        super().__init__(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers,
-                         num_heads=heads, activation=config["hidden_act"], layer_norm_eps=config["layer_norm_eps"],
+def convert_weights(config: dict, weights: dict) -> PostLNWeights:
+    """Checkpoint (any ``mpnet.``/``model.`` prefix) -> post-LN forward weights with the relative bias. Pure."""
+    H, I, heads = config["hidden_size"], config["intermediate_size"], config["num_heads"]
+    ckpt = CheckpointReader(weights, "embeddings.word_embeddings.weight", "mpnet")
+    word = ckpt.get("embeddings.word_embeddings.weight", (config["vocab_size"], H))
+    pos = ckpt.get("embeddings.position_embeddings.weight", (config["max_position_embeddings"], H))
+    ln = (ckpt.get("embeddings.LayerNorm.weight", (H,)), ckpt.get("embeddings.LayerNorm.bias", (H,)))
+    rel = ckpt.get("encoder.relative_attention_bias.weight", (config["relative_attention_num_buckets"], heads))
+    layers = [read_layer(ckpt, {f: f"encoder.layer.{i}.{n}" for f, n in LAYER_NAMES.items()}, H, I)
+              for i in range(config["num_layers"])]
+    ckpt.check()
+    if rel.shape[0] < NUM_BUCKETS:
+        raise ModelError(f"mpnet relative_attention_bias has {rel.shape[0]} buckets; the model uses {NUM_BUCKETS}")
+    # Any span >= MAX_DISTANCE covers every bucket; clipping longer distances changes nothing.
+    span = max(config["max_position_embeddings"], 2 * MAX_DISTANCE)
+    return PostLNWeights(word_embeddings=word, position_embeddings=pos, embed_ln=ln, layers=layers, num_heads=heads,
+                         activation=config["hidden_act"], layer_norm_eps=config["layer_norm_eps"],
                          padding_idx=config.get("padding_idx", PADDING_IDX),
-                         relative_bias=relative_bias_table(rel, span), unpad=unpad, name="mpnet")
+                         relative_bias=relative_bias_table(rel, span))
