@@ -612,12 +612,33 @@ def _k8s_type_validators(version: str):
     return check
 
 
+def _kserve_models():
+    """The ``kserve.models`` API types, without running ``kserve/__init__.py``.
+
+    The SDK's package init starts its model-server stack and registers KServe's own ``inference.*``
+    gRPC protos, which collide with tritonclient.grpc's in the same process ("duplicate symbol
+    'inference.ServerLiveRequest'"): a process that validated an InferenceService could no longer talk
+    gRPC to Triton. The generated models need only ``kserve.configuration``, so the package is entered
+    through a bare module when the real one is not imported already.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "kserve" not in sys.modules:
+        spec = importlib.util.find_spec("kserve")
+        if spec is None or not spec.submodule_search_locations:
+            raise TargetError("the kserve SDK is missing: pip install kserve")
+        pkg = types.ModuleType("kserve")
+        pkg.__path__, pkg.__spec__ = list(spec.submodule_search_locations), spec
+        sys.modules["kserve"] = pkg
+    return importlib.import_module("kserve.models")
+
+
 def validate_inference_service(obj: Mapping, versions: Iterable[str] = ("1.33",)) -> list[str]:
     """Check an InferenceService against the ``kserve`` SDK's API types (see :func:`validate`)."""
-    try:
-        import kserve
-    except ImportError as exc:
-        raise TargetError("the kserve SDK is missing: pip install kserve") from exc
+    models = _kserve_models()
     if obj.get("apiVersion") != "serving.kserve.io/v1beta1" or obj.get("kind") != "InferenceService":
         return [f"not a serving.kserve.io/v1beta1 InferenceService: {obj.get('apiVersion')} {obj.get('kind')}"]
     k8s = {v: _k8s_type_validators(v) for v in versions}
@@ -647,7 +668,7 @@ def validate_inference_service(obj: Mapping, versions: Iterable[str] = ("1.33",)
             if type_name == "int" and isinstance(value, bool) or not isinstance(value, primitive[type_name]):
                 problems.append(f"{path}: expected {type_name}, got {type(value).__name__} {value!r}")
             return
-        cls = getattr(kserve.models, type_name, None) if not type_name.startswith("V1") or \
+        cls = getattr(models, type_name, None) if not type_name.startswith("V1") or \
             type_name.startswith(("V1alpha", "V1beta")) else None
         if cls is not None:
             if not isinstance(value, dict):
