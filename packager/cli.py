@@ -8,67 +8,57 @@
     packager serve  [REPO]                    a real local tritonserver (python backend)
 
 MODEL is a local folder, a model name in the local Hugging Face cache, or nothing for the
-embedded default (sentence-transformers/all-MiniLM-L6-v2).
+embedded default (sentence-transformers/all-MiniLM-L6-v2). TensorFlow's native start-up log
+lines are hidden unless -v is given.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
-from .errors import PackagerError
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN fuses matmul + bias + GELU (measured ~20% faster per projection); TF 2.21 leaves it off on AVX2.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from .errors import OutputExistsError, PackagerError
 
 MODEL_HELP = "model folder, model name in the local HF cache, or omit for the embedded default (all-MiniLM-L6-v2)"
 
 
-def _add_parity_thresholds(p: argparse.ArgumentParser) -> None:
-    from .verify import DEFAULT_ID_MATCH, DEFAULT_MAX_ABS_DIFF
-
-    p.add_argument("--corpus", help="corpus file: .jsonl (one JSON string per line) or plain lines; default: the shipped tricky corpus")
-    p.add_argument("--min-id-match", type=float, default=DEFAULT_ID_MATCH, help="required share of identical token-id rows (default %(default)s)")
-    p.add_argument("--max-abs-diff", type=float, default=DEFAULT_MAX_ABS_DIFF, help="allowed max abs embedding difference (default %(default)s)")
-    p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
-
-
+# ------------------------------------------------------------------------------------------- commands
 def cmd_export(args) -> int:
     from .graph import export
 
-    manifest = export(args.model, args.output, force=args.force)
-    print(f"exported {manifest['source']} -> {args.output}  (dim {manifest['embedding_dim']}, "
-          f"max_seq_length {manifest['max_seq_length']}, op libraries: {', '.join(manifest['op_libraries']) or 'none'})")
+    m = export(args.model, args.output, force=args.force)
+    print(f"exported {m.source} -> {args.output}  (dim {m.output_dim}, max_seq_length {m.max_seq_length}, "
+          f"op libraries: {', '.join(m.op_libraries) or 'none'})")
     return 0
+
+
+def _live_or_export(args):
+    """(embed, tokenize) for ``--url`` (a live server) or ``--export`` (in-process)."""
+    from . import verify as v
+
+    if args.url:
+        from .clients import embedder
+
+        if not args.model_name:
+            raise PackagerError("--url needs --model NAME (the served model name)")
+        return embedder(args.url, args.model_name, protocol=args.protocol), None
+    if not args.export:
+        raise PackagerError("give --export DIR (an exported SavedModel) or --url URL --model NAME (a live server)")
+    from .graph import load
+
+    return v.graph_functions(load(args.export))
 
 
 def cmd_verify(args) -> int:
     from . import verify as v
-
-    texts = v.load_corpus(args.corpus)
-    if args.url:
-        from .clients import embedder
-
-        embed = embedder(args.url, args.model_name, protocol=args.protocol)
-        tokenize = None
-        model_dir = args.model
-    else:
-        if not args.export:
-            raise PackagerError("give --export DIR (an exported SavedModel) or --url URL --model NAME (a live server)")
-        from .graph import load, read_manifest
-
-        manifest = read_manifest(args.export)
-        graph = load(args.export, manifest)
-        embed, tokenize = v.graph_functions(graph)
-        model_dir = args.model
     from .source import resolve_model
 
-    reference = v.reference_model(resolve_model(model_dir)[0])
+    texts = v.load_corpus(args.corpus)
+    embed, tokenize = _live_or_export(args)
+    reference = v.reference_model(resolve_model(args.model)[0])
     report = v.check(texts, reference, embed, tokenize, min_id_match=args.min_id_match, max_abs_diff=args.max_abs_diff)
     print(report.render())
     if args.json_out:
@@ -79,15 +69,7 @@ def cmd_verify(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np
 
-    if args.url:
-        from .clients import embedder
-
-        embed = embedder(args.url, args.model_name, protocol=args.protocol)
-    else:
-        from .graph import load
-        from .verify import graph_functions
-
-        embed, _ = graph_functions(load(args.export))
+    embed, _ = _live_or_export(args)
     vectors = np.asarray(embed(args.texts))
     for text, vec in zip(args.texts, vectors):
         head = " ".join(f"{x:+.4f}" for x in vec[: args.show])
@@ -96,15 +78,14 @@ def cmd_embed(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .targets import build, cli_options
+    from .targets import build, make_options, write_stack
 
-    options = cli_options(args, args.target)
-    path = build(args.model, target=args.target, output=args.output, force=args.force, **options)
+    options = make_options(args.target, **target_options(args, args.target))
+    path = build(args.model, target=args.target, output=args.output, name=args.name, version=args.version or 1,
+                 force=args.force, options=options)
     print(f"wrote {args.target} layout to {path}")
     if not args.no_compose:
-        from .targets.compose import build_stack
-
-        stack = build_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
+        stack = write_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
         print(f"wrote compose stack to {stack}  (docker-compose -f {stack}/docker-compose.yml up -d)")
     return 0
 
@@ -116,9 +97,98 @@ def cmd_serve(args) -> int:
                          metrics_port=args.metrics_port, check=args.check)
 
 
+# ------------------------------------------------------------------------------------------- options -> flags
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _flag(f: dataclasses.Field) -> tuple[str, dict]:
+    """The argparse flag and keyword arguments of one options field (its metadata has the help)."""
+    name = f.name.replace("_", "-")
+    meta = f.metadata
+    kw: dict = {"dest": f.name, "default": None, "help": meta["help"]}
+    if isinstance(f.default, bool):
+        if f.default:
+            return f"--no-{name}", {**kw, "action": "store_const", "const": False}
+        return f"--{name}", {**kw, "action": "store_const", "const": True}
+    annotation = str(f.type)
+    if isinstance(f.default, tuple) or "tuple[int" in annotation:
+        kw["type"] = _int_list
+    elif isinstance(f.default, int) or annotation.startswith("int"):
+        kw["type"] = int
+    elif isinstance(f.default, float):
+        kw["type"] = float
+    if meta.get("choices"):
+        kw["choices"] = list(meta["choices"])
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    if f.default is not None and not isinstance(f.default, tuple):
+        kw["help"] += f" (default {f.default})"
+    return f"--{name}", kw
+
+
+def add_target_flags(p: argparse.ArgumentParser) -> dict[str, set[str]]:
+    """One flag per options field of every target; a field several targets share gets one flag.
+
+    Returns:
+        field name -> the targets that take it.
+    """
+    from .options import cli_fields
+    from .targets import TARGETS
+
+    owners: dict[str, set[str]] = {}
+    fields_by_name: dict[str, dataclasses.Field] = {}
+    for target, module in TARGETS.items():
+        for f in cli_fields(module.Options):
+            owners.setdefault(f.name, set()).add(target)
+            fields_by_name.setdefault(f.name, f)
+    groups = {}
+    for fname, f in fields_by_name.items():
+        who = sorted(owners[fname])
+        title = f"{who[0]} options" if len(who) == 1 else f"{' and '.join(who)} options"
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        flag, kw = _flag(f)
+        groups[title].add_argument(flag, **kw)
+    return owners
+
+
+def target_options(args: argparse.Namespace, target: str) -> dict:
+    """The options given on the command line for ``target``; a flag of another target is an error."""
+    owners = args.option_owners
+    given = {k: getattr(args, k) for k in owners if getattr(args, k, None) is not None}
+    wrong = sorted(k for k in given if target not in owners[k])
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise PackagerError(f"{flags} do(es) not apply to --target {target} "
+                            f"(they belong to {', '.join(sorted({t for k in wrong for t in owners[k]}))})")
+    return given
+
+
+def _add_parity_thresholds(p: argparse.ArgumentParser) -> None:
+    from .verify import DEFAULT_ID_MATCH, DEFAULT_MAX_ABS_DIFF
+
+    p.add_argument("--corpus", help="corpus file: .jsonl (one JSON string per line) or plain lines; default: the shipped tricky corpus")
+    p.add_argument("--min-id-match", type=float, default=DEFAULT_ID_MATCH, help="required share of identical token-id rows (default %(default)s)")
+    p.add_argument("--max-abs-diff", type=float, default=DEFAULT_MAX_ABS_DIFF, help="allowed max abs embedding difference (default %(default)s)")
+    p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+
+
+def _add_live(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--export", help="an exported SavedModel folder (in-process)")
+    p.add_argument("--url", help="a live server: http://127.0.0.1:8000 (Triton HTTP), 127.0.0.1:8001 (Triton gRPC) "
+                                 "or http://host:8501 (TF-Serving REST)")
+    p.add_argument("--model", dest="model_name", help="served model name (with --url)")
+    p.add_argument("--protocol", choices=["http", "grpc", "tfserving"], help="with --url; default: guessed from the URL")
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="packager", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's native log lines too")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     e = sub.add_parser("export", help="export MODEL as one SavedModel (tokenizer + encoder + heads)")
@@ -129,33 +199,29 @@ def make_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="parity report: token ids and embeddings against sentence-transformers")
     v.add_argument("model", nargs="?", help=MODEL_HELP + " (the reference)")
-    v.add_argument("--export", help="an exported SavedModel folder to check in-process")
-    v.add_argument("--url", help="a live server, e.g. http://127.0.0.1:8000 (Triton HTTP), 127.0.0.1:8001 (Triton gRPC) or http://host:8501 (TF-Serving REST)")
-    v.add_argument("--model", dest="model_name", help="served model name (with --url)")
-    v.add_argument("--protocol", choices=["http", "grpc", "tfserving"], help="with --url; default: guessed from the URL")
+    _add_live(v)
     _add_parity_thresholds(v)
     v.set_defaults(func=cmd_verify)
 
     m = sub.add_parser("embed", help="embed a few texts with an export (in-process) or a live server, and print them")
     m.add_argument("texts", nargs="+", help="the texts to embed")
-    m.add_argument("--export", help="an exported SavedModel folder")
-    m.add_argument("--url", help="a live server (as for verify)")
-    m.add_argument("--model", dest="model_name", help="served model name (with --url)")
-    m.add_argument("--protocol", choices=["http", "grpc", "tfserving"])
+    _add_live(m)
     m.add_argument("--show", type=int, default=6, help="how many leading components to print")
     m.set_defaults(func=cmd_embed)
 
+    from .targets import TARGETS
+
     b = sub.add_parser("build", help="export MODEL and lay it out for a server (Triton or TF-Serving)")
     b.add_argument("model", nargs="?", help=MODEL_HELP)
-    b.add_argument("--target", choices=["triton", "tfserving"], default="triton")
-    b.add_argument("-o", "--output", default=None, help="repository folder (default: model_repository/ for triton, tfserving_models/ for tfserving)")
-    b.add_argument("--force", action="store_true", help="replace an existing model/version")
+    b.add_argument("--target", choices=list(TARGETS), default="triton")
+    b.add_argument("-o", "--output", default=None,
+                   help="repository folder (default: model_repository/ for triton, tfserving_models/ for tfserving)")
+    b.add_argument("--name", help="served model name (sanitized to [a-z0-9_-]; default: from the model)")
+    b.add_argument("--version", type=int, help="version folder to write (default 1; other versions are kept)")
+    b.add_argument("--force", action="store_true", help="replace an existing model version")
     b.add_argument("--compose-dir", default="compose", help="where the docker-compose stack goes (default %(default)s/<stack>/)")
     b.add_argument("--no-compose", action="store_true", help="do not write a docker-compose stack")
-    from .targets import add_cli_options
-
-    add_cli_options(b)
-    b.set_defaults(func=cmd_build)
+    b.set_defaults(func=cmd_build, option_owners=add_target_flags(b))
 
     s = sub.add_parser("serve", help="run the bundled tritonserver (python backend) on a repository, on 127.0.0.1")
     s.add_argument("repository", nargs="?", default="model_repository")
@@ -171,10 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     from .progress import set_quiet
+    from .settings import quiet_native_logs
 
+    if args.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        quiet_native_logs()
     set_quiet(args.quiet)
     try:
         return args.func(args)
+    except OutputExistsError as exc:
+        print(f"error: {exc} (pass --force to replace it)", file=sys.stderr)
+        return 2
     except PackagerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

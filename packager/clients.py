@@ -58,13 +58,29 @@ def _chunked(send: Embed, max_batch: Callable[[], int], chunk: bool) -> Embed:
     return embed
 
 
+def _unreachable(what: str, url: str, exc: BaseException) -> ServerError:
+    detail = getattr(exc, "message", None)
+    detail = detail() if callable(detail) else (detail or str(exc) or type(exc).__name__)
+    return ServerError(f"cannot reach a {what} server at {url}: {detail.strip().splitlines()[0][:200]} "
+                       "(is it running, and do this port and protocol match it?)")
+
+
+def _missing_model(what: str, url: str, model: str, available: Sequence[str]) -> ServerError:
+    listed = ", ".join(available) if available else "none"
+    return ServerError(f"the {what} server at {url} has no ready model {model!r} (ready models: {listed})")
+
+
 def triton_http(url: str, model: str, *, version: str = "", input_key: str = INPUT_KEY,
-                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True) -> Embed:
+                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True, probe: bool = True) -> Embed:
     """Embed over Triton's HTTP/REST API (binary tensor data, so any UTF-8 string travels unchanged).
 
     The returned function may be called from several threads at once: tritonclient's HTTP client is not
     thread-safe (it is built on gevent), so each thread gets its own connection. With ``chunk``, a list
-    longer than the model's ``max_batch_size`` is sent as several requests.
+    longer than the model's ``max_batch_size`` is sent as several requests. With ``probe``, the server
+    and the model are checked first, so a wrong URL, port, protocol or name is one clear error.
+
+    Raises:
+        ServerError: unreachable server, unknown model, or a refused request (with the server's message).
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -77,6 +93,21 @@ def triton_http(url: str, model: str, *, version: str = "", input_key: str = INP
                                                             network_timeout=timeout)
         return local.client
 
+    if probe:
+        try:
+            live = client().is_server_live()
+            ready = live and client().is_model_ready(model, model_version=version)
+            index = [] if ready else [m["name"] for m in client().get_model_repository_index()
+                                      if m.get("state") == "READY"]
+        except InferenceServerException as exc:
+            raise _unreachable("Triton HTTP", url, exc) from None
+        except Exception as exc:  # noqa: BLE001 - socket, HTTP parser and gevent errors all mean the same here
+            raise _unreachable("Triton HTTP", url, exc) from None
+        if not live:
+            raise ServerError(f"the Triton HTTP server at {url} answers but is not live")
+        if not ready:
+            raise _missing_model("Triton HTTP", url, model, index)
+
     def embed(texts: Sequence[str | bytes]) -> np.ndarray:
         inp = httpclient.InferInput(input_key, [len(texts), 1], "BYTES")
         inp.set_data_from_numpy(_strings(texts), binary_data=True)
@@ -85,6 +116,8 @@ def triton_http(url: str, model: str, *, version: str = "", input_key: str = INP
             result = client().infer(model, [inp], model_version=version, outputs=[out])
         except InferenceServerException as exc:
             raise ServerError(f"Triton HTTP {url} model {model!r}: {exc.message()}") from exc
+        except OSError as exc:
+            raise _unreachable("Triton HTTP", url, exc) from None
         return result.as_numpy(output_key)
 
     @functools.lru_cache(maxsize=1)
@@ -98,12 +131,23 @@ def triton_http(url: str, model: str, *, version: str = "", input_key: str = INP
 
 
 def triton_grpc(url: str, model: str, *, version: str = "", input_key: str = INPUT_KEY,
-                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True) -> Embed:
-    """Embed over Triton's gRPC API (``chunk``: as :func:`triton_http`)."""
+                output_key: str = OUTPUT_KEY, timeout: float = 120.0, chunk: bool = True, probe: bool = True) -> Embed:
+    """Embed over Triton's gRPC API (``chunk`` and ``probe``: as :func:`triton_http`)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(_host_port(url))
+    if probe:
+        try:
+            live = client.is_server_live(client_timeout=min(timeout, 10.0))
+            ready = live and client.is_model_ready(model, model_version=version, client_timeout=min(timeout, 10.0))
+            index = [] if ready else [m.name for m in client.get_model_repository_index().models if m.state == "READY"]
+        except InferenceServerException as exc:
+            raise _unreachable("Triton gRPC", url, exc) from None
+        if not live:
+            raise ServerError(f"the Triton gRPC server at {url} answers but is not live")
+        if not ready:
+            raise _missing_model("Triton gRPC", url, model, index)
 
     def embed(texts: Sequence[str | bytes]) -> np.ndarray:
         inp = grpcclient.InferInput(input_key, [len(texts), 1], "BYTES")
@@ -126,14 +170,25 @@ def triton_grpc(url: str, model: str, *, version: str = "", input_key: str = INP
 
 
 def tfserving_rest(url: str, model: str, *, version: int | None = None, output_key: str = OUTPUT_KEY,
-                   signature: str = "serving_default", timeout: float = 120.0) -> Embed:
+                   signature: str = "serving_default", timeout: float = 120.0, probe: bool = True) -> Embed:
     """Embed over TF-Serving's REST API (row format: ``{"instances": ["text", ...]}``)."""
     base = url.rstrip("/")
-    path = f"/v1/models/{model}" + (f"/versions/{int(version)}" if version else "") + ":predict"
+    model_path = f"/v1/models/{model}" + (f"/versions/{int(version)}" if version else "")
+
+    if probe:
+        try:
+            with urllib.request.urlopen(base + model_path, timeout=min(timeout, 10.0)) as resp:
+                json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise _missing_model("TF-Serving REST", url, model, []) from None
+            raise ServerError(f"TF-Serving {url} model {model!r}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise _unreachable("TF-Serving REST", url, getattr(exc, "reason", exc)) from None
 
     def embed(texts: Sequence[str]) -> np.ndarray:
         body = json.dumps({"signature_name": signature, "instances": [str(t) for t in texts]}, ensure_ascii=False)
-        req = urllib.request.Request(base + path, data=body.encode("utf-8"), method="POST",
+        req = urllib.request.Request(base + model_path + ":predict", data=body.encode("utf-8"), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -169,7 +224,7 @@ def embedder(url: str, model: str, *, protocol: str | None = None, **kwargs) -> 
         protocol: ``"http"`` (Triton), ``"grpc"`` (Triton) or ``"tfserving"``; guessed from ``url`` if None.
     """
     if not model:
-        raise PackagerError("--model NAME (the served model name) is required with --url")
+        raise PackagerError("a served model name is required with a server URL")
     protocol = protocol or guess_protocol(url)
     if protocol == "http":
         return triton_http(url, model, **kwargs)

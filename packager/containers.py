@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import PackagerError
+from .settings import work_dir
 
-CACHE_DIR = Path(os.environ.get("PACKAGER_CACHE", Path.home() / ".cache" / "packager"))
 # Bump when the recipe changes in a way the hashed inputs do not show.
 RECIPE_VERSION = 1
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -131,8 +131,7 @@ def base_image(spec: BaseSpec = BaseSpec(), *, client=None, log: Log = _log_stde
         raise ContainerError("debootstrap is missing: apt-get install debootstrap (or run .ci/install-docker.sh)")
     if os.geteuid() != 0:
         raise ContainerError("debootstrap needs root to make the base image")
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE_DIR))
+    work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=work_dir()))
     t0 = time.monotonic()
     try:
         root = work / "rootfs"
@@ -212,7 +211,7 @@ class TritonCpuSpec:
 
 def render_triton_cpu_dockerfile(spec: TritonCpuSpec, base: str, *, ca_bundle: str | None) -> str:
     """Render the CPU Triton Dockerfile (pure: no docker needed)."""
-    from .targets import render_template
+    from .templating import render_template
 
     return render_template(
         "compose/Dockerfile.triton-cpu.j2",
@@ -280,8 +279,7 @@ def triton_cpu_image(
 
 
 def _mkcache() -> str:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    return str(CACHE_DIR)
+    return str(work_dir())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,5 +17,9 @@ class TargetError(PackagerError):
     """A serving target cannot be written (existing output, incompatible server version, ...)."""
 
 
+class OutputExistsError(TargetError):
+    """The output (or a version in it) exists and replacing it was not asked for (``force``)."""
+
+
 class ParityError(PackagerError):
     """A parity check fell below its thresholds."""

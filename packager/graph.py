@@ -17,30 +17,27 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from . import INPUT_KEY, OUTPUT_KEY, __version__
-from .errors import TargetError
+from . import INPUT_KEY, OUTPUT_KEY
+from .errors import OutputExistsError
+from .manifest import Manifest
+from .manifest import read as read_manifest
+from .manifest import write as write_manifest
 from .progress import steps
 from .source import PipelineSpec, load_spec
+from .writer import staged_tree
 
-MANIFEST = "packager.json"
+__all__ = ["build_module", "export", "load", "manifest_for", "read_manifest", "save"]
 
 
 def build_module(spec: PipelineSpec):
     """Build the serving ``tf.Module`` for a spec (weights loaded, nothing written)."""
     import tensorflow as tf
 
-    from .modules import module_for_type
-
-    parts = [module_for_type(m.type).build(m, spec.model_dir) for m in spec.modules]
-    transformer, heads = parts[0], parts[1:]
+    transformer = spec.transformer.build(spec.model_dir)
+    heads = [m.build(spec.model_dir) for m in spec.heads]
     sig = [tf.TensorSpec([None], tf.string, name=INPUT_KEY)]
 
     class ServingGraph(tf.Module):
@@ -64,74 +61,32 @@ def build_module(spec: PipelineSpec):
     return ServingGraph()
 
 
-def manifest_for(spec: PipelineSpec, saved_model_dir: Path) -> dict:
+def manifest_for(spec: PipelineSpec, saved_model_dir: Path) -> Manifest:
+    """The manifest of a SavedModel just written for ``spec``."""
     import tensorflow as tf
     import tensorflow_text
 
     from .oplibs import analyze_saved_model
 
     ops = analyze_saved_model(saved_model_dir)
-    return {
-        "packager_version": __version__,
-        "source": spec.source,
-        "name": spec.name,
-        "model_type": spec.transformer.config["model_type"],
-        "embedding_dim": spec.embedding_dim,
-        "max_seq_length": spec.max_seq_length,
-        "pooling": spec.pooling,
-        "normalize": spec.normalized,
-        "modules": [{"name": m.name, "kind": m.kind, "type": m.type} for m in spec.modules],
-        "tensorflow": tf.__version__,
-        "tensorflow_text": tensorflow_text.__version__,
-        "op_libraries": ops["op_libraries"],
-        "custom_ops": ops["custom_ops"],
-        "ops": ops["ops"],  # every op type, so check_compatible can check core ops from the manifest alone
-        "input_key": INPUT_KEY,
-        "output_key": OUTPUT_KEY,
-        "signatures": ["serving_default", "tokenize"],
-    }
-
-
-@contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """A temp dir beside ``final`` (same filesystem, so the final rename is atomic); removed on error."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(tmp: Path, final: Path, force: bool) -> None:
-    """Move ``tmp`` to ``final`` atomically; an existing ``final`` is replaced only with ``force``.
-
-    The old tree is renamed aside first and removed only after the new one is in place, so a crash
-    at any point leaves either the old or the new tree under ``final``, never a mixture.
-    """
-    if final.exists() or final.is_symlink():
-        if not force:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise TargetError(f"{final} already exists; pass --force to replace it")
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return Manifest(
+        source=spec.source,
+        name=spec.name,
+        model_type=spec.transformer.model_type,
+        output_dim=spec.embedding_dim,
+        max_seq_length=spec.max_seq_length,
+        pooling=tuple(spec.pooling),
+        normalize=spec.normalized,
+        modules=tuple({"name": m.name, "kind": m.kind, "type": m.type} for m in spec.modules),
+        inputs=(INPUT_KEY,),
+        output_key=OUTPUT_KEY,
+        signatures=("serving_default", "tokenize"),
+        tensorflow=tf.__version__,
+        tensorflow_text=tensorflow_text.__version__,
+        op_libraries=tuple(ops["op_libraries"]),
+        custom_ops=tuple(ops["custom_ops"]),
+        ops=tuple(ops["ops"]),  # every op type, so compatibility can be checked from the manifest alone
+    )
 
 
 def save(module, path: Path) -> None:
@@ -146,7 +101,7 @@ def save(module, path: Path) -> None:
 
 
 def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: bool = False,
-           spec: PipelineSpec | None = None) -> dict:
+           spec: PipelineSpec | None = None) -> Manifest:
     """Export a sentence-transformers model as one SavedModel with the tokenizer inside.
 
     Args:
@@ -160,38 +115,30 @@ def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: b
 
     Raises:
         ModelError: unsupported or broken model (nothing is written).
-        TargetError: ``out_dir`` exists and ``force`` is not set.
+        OutputExistsError: ``out_dir`` exists and ``force`` is not set.
     """
     out = Path(out_dir)
     spec = spec or load_spec(model)
     if out.exists() and not force:
-        raise TargetError(f"{out} already exists; pass --force to replace it")
+        raise OutputExistsError(f"{out} already exists; set force to replace it")
     with steps(f"export {spec.source}") as step:
         with step("load weights and derive the in-graph tokenizer"):
             module = build_module(spec)
-        with staging_dir(out) as tmp:
+        with staged_tree(out, force=force, keep_existing=False) as tmp:
             with step("trace and save the SavedModel"):
                 save(module, tmp)
             with step("write the manifest"):
                 manifest = manifest_for(spec, tmp)
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            replace_dir(tmp, out, force)
+                write_manifest(tmp, manifest)
     return manifest
 
 
-def read_manifest(export_dir: str | os.PathLike) -> dict:
-    path = Path(export_dir) / MANIFEST
-    if not path.is_file():
-        raise TargetError(f"{export_dir} is not a packager export (no {MANIFEST})")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def load(export_dir: str | os.PathLike, manifest: dict | None = None):
+def load(export_dir: str | os.PathLike, manifest: Manifest | None = None):
     """Load an export in-process, registering only the op libraries its manifest lists."""
     import tensorflow as tf
 
     from .oplibs import load_op_libraries
 
     manifest = manifest or read_manifest(export_dir)
-    load_op_libraries(manifest["op_libraries"])
+    load_op_libraries(manifest.op_libraries)
     return tf.saved_model.load(str(export_dir))

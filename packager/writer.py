@@ -1,6 +1,7 @@
-"""The one atomic writer every serving target uses.
+"""The one atomic writer: exports and every serving target write through it.
 
-A target renders ``{relative path: content}`` and hands it here. The writer builds the complete new
+A target renders ``{relative path: content}`` and hands it to :func:`write_tree`; an export fills
+the folder :func:`staged_tree` gives it. The writer builds the complete new
 tree in a staging folder on the same filesystem, fsyncs it, and swaps it into place with one atomic
 ``renameat2(RENAME_EXCHANGE)`` (or a plain ``rename`` when the destination is new). A reader (a server
 polling its repository) therefore sees the old tree or the new one, never a mixture, even if this
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Mapping, Union
 
-from ..errors import TargetError
+from .errors import OutputExistsError, TargetError
 
 Content = Union[bytes, str, Path]
 """A file's bytes, its text (written as UTF-8), or a file/folder on disk to copy."""
@@ -130,8 +131,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _staging_dirs(staging: Path, name: str) -> Iterator[tuple[Path, int]]:
-    prefix = f".{name}{_TMP_MARK}"
+def _staging_dirs(staging: Path, name: str, mark: str = _TMP_MARK) -> Iterator[tuple[Path, int]]:
+    prefix = f".{name}{mark}"
     if not staging.is_dir():
         return
     for p in staging.iterdir():
@@ -161,86 +162,99 @@ def recover(dest: Path, staging: Path | None = None) -> None:
 
 @contextlib.contextmanager
 def _locked(staging: Path, name: str) -> Iterator[None]:
-    """One writer per destination at a time, so concurrent builds cannot drop each other's versions."""
-    lock_path = staging / f".{name}.packager-lock"
-    with open(lock_path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    """One writer per staging folder at a time, so concurrent builds cannot drop each other's versions.
+
+    The lock is taken on the staging folder itself (``flock`` on a directory descriptor), so no lock
+    file is left beside the user's output.
+    """
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
-def write_tree(
+_WORK_MARK = ".packager-work-"
+
+
+@contextlib.contextmanager
+def work_dir_beside(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch folder beside ``path`` (same filesystem), removed afterwards.
+
+    Scratch folders that killed processes left beside ``path`` are removed first, so a SIGKILL'd
+    build leaves nothing behind after the next one.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale, pid in _staging_dirs(path.parent, path.name, _WORK_MARK):
+        if not _pid_alive(pid):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{_WORK_MARK}{os.getpid()}-", dir=path.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_tree(
     dest: str | os.PathLike,
-    files: Mapping[str, Content],
     *,
     force: bool = False,
     exclusive: Iterable[str] = (),
-    replace: Iterable[str] = (),
+    keep_existing: bool = True,
+    drop: Iterable[str] = (),
     staging: str | os.PathLike | None = None,
-) -> Path:
-    """Create or update the folder ``dest`` atomically.
+) -> Iterator[Path]:
+    """Yield a folder to fill; on success it replaces ``dest`` in one atomic swap, on error it is removed.
 
     Args:
         dest: the folder to write (created with its parents if missing).
-        files: relative path -> content. A :class:`~pathlib.Path` value is copied from disk (a folder
-            recursively); folders are copied before the byte/text entries, which may add files inside them.
-        force: replace ``exclusive`` paths that already exist.
+        force: replace ``exclusive`` paths that already exist (or, with ``exclusive`` empty and
+            ``keep_existing`` false, the whole existing ``dest``).
         exclusive: paths this write owns (e.g. the version folder ``"1"``). If one exists and ``force``
             is not set, nothing is written and :class:`TargetError` is raised; with ``force`` the old one
             is dropped entirely (no stale files survive).
-        replace: paths whose old content is always dropped before writing (shared artifacts that the
-            render regenerates, e.g. ``warmup``).
+        keep_existing: start from the old tree (hard links), minus ``exclusive`` and ``drop`` paths.
+            ``False`` starts empty: the new tree replaces the old one whole (needs ``force`` if it exists).
+        drop: paths whose old content is always dropped (shared artifacts the caller regenerates).
         staging: where the staging folder goes; must be on the same filesystem as ``dest``. Default:
             ``dest``'s parent. A Triton target stages *outside* the model repository, because Triton
             refuses to start when the repository holds a folder it cannot load.
 
-    Returns:
-        ``dest`` as an absolute path.
-
     Raises:
-        TargetError: an exclusive path exists without ``force``, or a path escapes ``dest``.
+        TargetError: an exclusive path (or ``dest`` itself) exists without ``force``, or ``dest`` is a file.
     """
     dest = Path(dest).absolute()
     staging_dir = Path(staging).absolute() if staging else dest.parent
     staging_dir.mkdir(parents=True, exist_ok=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    entries = {_check_rel(k): v for k, v in files.items()}
     owned = {_check_rel(p) for p in exclusive}
-    dropped = owned | {_check_rel(p) for p in replace}
+    dropped = owned | {_check_rel(p) for p in drop}
 
     with _locked(staging_dir, dest.name):
         recover(dest, staging_dir)
         if dest.exists() and not dest.is_dir():
             raise TargetError(f"{dest} exists and is not a folder")
         if dest.is_dir() and not force:
+            if not keep_existing:
+                raise OutputExistsError(f"{dest} already exists; set force to replace it")
             taken = sorted(str(p) for p in owned if (dest / p).exists() or (dest / p).is_symlink())
             if taken:
-                raise TargetError(
-                    f"{dest} already has {', '.join(taken)}; pass --force to replace it "
-                    "(or choose another --version / --name)"
-                )
+                raise OutputExistsError(
+                    f"{dest} already has {', '.join(taken)}; set force to replace it (or choose another version or name)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TMP_MARK}{os.getpid()}-", dir=staging_dir))
         try:
             new = tmp / "new"
-            if dest.is_dir():
+            if dest.is_dir() and keep_existing:
                 _copy_existing(dest, new, dropped)
             else:
                 new.mkdir()
-            for rel, content in sorted(entries.items(), key=lambda kv: (not isinstance(kv[1], Path), str(kv[0]))):
-                target = new.joinpath(*rel.parts)
-                if isinstance(content, Path):
-                    if content.is_dir():
-                        if target.exists() and not target.is_dir():
-                            target.unlink()
-                        shutil.copytree(content, target, symlinks=False, dirs_exist_ok=True,
-                                        copy_function=_copy_replacing)
-                    else:
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        _copy_replacing(str(content), str(target))
-                else:
-                    _write_file(target, content.encode("utf-8") if isinstance(content, str) else bytes(content))
+            yield new
             _fsync_tree(new)
             if dest.is_dir():
                 if not _exchange(new, dest):
@@ -254,7 +268,48 @@ def write_tree(
             _fsync_path(staging_dir, directory=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+
+def write_tree(
+    dest: str | os.PathLike,
+    files: Mapping[str, Content],
+    *,
+    force: bool = False,
+    exclusive: Iterable[str] = (),
+    replace: Iterable[str] = (),
+    staging: str | os.PathLike | None = None,
+) -> Path:
+    """Create or update the folder ``dest`` atomically with rendered files.
+
+    Args:
+        dest: the folder to write.
+        files: relative path -> content. A :class:`~pathlib.Path` value is copied from disk (a folder
+            recursively); folders are copied before the byte/text entries, which may add files inside them.
+        force, exclusive, staging: see :func:`staged_tree`.
+        replace: paths whose old content is always dropped before writing (``drop`` of :func:`staged_tree`).
+
+    Returns:
+        ``dest`` as an absolute path.
+
+    Raises:
+        TargetError: an exclusive path exists without ``force``, or a path escapes ``dest``.
+    """
+    entries = {_check_rel(k): v for k, v in files.items()}
+    with staged_tree(dest, force=force, exclusive=exclusive, drop=replace, staging=staging) as new:
+        for rel, content in sorted(entries.items(), key=lambda kv: (not isinstance(kv[1], Path), str(kv[0]))):
+            target = new.joinpath(*rel.parts)
+            if isinstance(content, Path):
+                if content.is_dir():
+                    if target.exists() and not target.is_dir():
+                        target.unlink()
+                    shutil.copytree(content, target, symlinks=False, dirs_exist_ok=True,
+                                    copy_function=_copy_replacing)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    _copy_replacing(str(content), str(target))
+            else:
+                _write_file(target, content.encode("utf-8") if isinstance(content, str) else bytes(content))
+    return Path(dest).absolute()
 
 
 def _copy_replacing(src: str, dst: str) -> str:

@@ -1,20 +1,27 @@
-"""Shared fixtures: tiny random models of each architecture (built once per session), the
-embedded default model, and the shipped tricky corpus."""
+"""Shared fixtures: tiny random models of each architecture (built once per session), the embedded
+default model, the shipped tricky corpus, and one export per model per session (``exports``).
+
+Every test session gets its own packager cache folder (``PACKAGER_CACHE``), so no run reads what an
+earlier one left and nothing is written to the user's cache; the runtime settings come from
+``import packager`` (``packager.settings``), exactly as for the CLI.
+"""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # parity is checked with the production setting
-sys.path.insert(0, str(Path(__file__).parent))
+import packager  # noqa: F401  (applies the runtime settings before TensorFlow is imported)
+import tiny_models
 
-import tiny_models  # noqa: E402
+
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory) -> Path:
+    """A fresh packager cache for this run (children inherit it through the environment)."""
+    folder = tmp_path_factory.mktemp("packager-cache")
+    os.environ["PACKAGER_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +36,34 @@ def default_model_dir() -> Path:
     from packager.source import resolve_model
 
     return resolve_model(None)[0]
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, request):
+    """``exports(fixture_name) -> Path``: the real export of a model fixture, made once per session.
+
+    Every file that needs an export of, say, ``tiny_bert`` shares the same one, so each model is
+    exported at most once per test run.
+    """
+    from packager.graph import export
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            model_dir = request.getfixturevalue(name)
+            out = tmp_path_factory.getbasetemp() / "packager-exports" / name
+            export(model_dir, out, force=True)
+            made[name] = out
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_export(exports) -> Path:
+    """The export of ``tiny_bert`` (the model most target tests lay out)."""
+    return exports("tiny_bert")
 
 
 @pytest.fixture(scope="session")

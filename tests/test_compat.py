@@ -8,8 +8,8 @@ sentence-transformers at the usual thresholds. For every venv, ``check_compatibl
 with what really happened: accepted where the graph loads and matches, refused where it does not.
 A graph using ``TFText>RoundRobinTrim`` proves the refusal path against a real load failure.
 
-Results go to ``build/compat/results.json`` (override: ``PACKAGER_COMPAT_RESULTS``);
-``tools/compat_matrix.py`` turns them into ``docs/compatibility.md``.
+Results go to the test run's temp folder, or to ``PACKAGER_COMPAT_RESULTS`` when set (what
+``tools/compat_matrix.py`` does before it turns them into ``docs/compatibility.md``).
 """
 from __future__ import annotations
 
@@ -24,20 +24,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import opsets as opset_tools  # tools/opsets.py: venv helpers (tools/ is on the test path)
+
+from packager.compat import check_compatible, find_problems
+from packager.errors import TargetError
+from packager.oplibs import load_opset, read_graph_ops
+from packager.servers import SERVERS
+from packager.verify import compare
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import opsets as opset_tools  # noqa: E402  (tools/opsets.py: venv helpers)
-
-from packager.errors import TargetError  # noqa: E402
-from packager.oplibs import check_compatible, find_problems, load_opset, read_graph_ops  # noqa: E402
-from packager.servers import SERVERS  # noqa: E402
-from packager.verify import compare  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 PROBE = ROOT / "tools" / "compat_probe.py"
-RESULTS = Path(os.environ.get("PACKAGER_COMPAT_RESULTS", ROOT / "build" / "compat" / "results.json"))
 PROJECT = ("project", "project")  # the project venv itself (TF 2.21.0 / TF-Text 2.21.1)
 RUNTIMES = [PROJECT, *opset_tools.COMPAT_PAIRS]
 
@@ -48,12 +47,13 @@ def _label(pair) -> str:
 
 # ---------------------------------------------------------------- session fixtures
 @pytest.fixture(scope="session")
-def results():
+def results(tmp_path_factory):
+    out = Path(os.environ.get("PACKAGER_COMPAT_RESULTS") or tmp_path_factory.getbasetemp() / "compat-results.json")
     data = {"generated_on": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "runtimes": {}, "servers": [], "refusal": {}}
     yield data
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -14,29 +14,24 @@ import pytest
 from packager import verify as v
 from packager.errors import TargetError, UnsupportedError
 from packager.graph import export, load, read_manifest
-from tiny_models import exported
 
 MODELS = ["default_model_dir", "tiny_bert", "tiny_bert_cased_dense", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr"]
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Export lazily, once per model, shared by the tests of this module."""
-    cache = {}
+def exported(exports, request):
+    """``exported(name) -> (model folder, export folder, manifest)``, from the session's exports."""
 
-    def get(request, name):
-        if name not in cache:
-            model_dir = request.getfixturevalue(name)
-            out = exported(tmp_path_factory, model_dir, name)  # shared with the serving tests
-            cache[name] = (model_dir, out, read_manifest(out))
-        return cache[name]
+    def get(name):
+        out = exports(name)
+        return request.getfixturevalue(name), out, read_manifest(out)
 
     return get
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_export_matches_sentence_transformers_exactly_when_shipped_corpus(request, exports, corpus, name):
-    model_dir, out, manifest = exports(request, name)
+def test_export_matches_sentence_transformers_exactly_when_shipped_corpus(request, exported, corpus, name):
+    model_dir, out, manifest = exported(name)
     graph = load(out, manifest)
     embed, tokenize = v.graph_functions(graph)
     report = v.check(corpus, v.reference_model(model_dir), embed, tokenize)
@@ -46,27 +41,49 @@ def test_export_matches_sentence_transformers_exactly_when_shipped_corpus(reques
 
 
 @pytest.mark.parametrize("name", ["default_model_dir", "tiny_xlmr"])
-def test_export_serves_any_batch_size_when_batch_is_one_or_empty(request, exports, name):
+def test_export_serves_any_batch_size_when_batch_is_one_or_empty(request, exported, name):
     import tensorflow as tf
 
-    _, out, manifest = exports(request, name)
+    _, out, manifest = exported(name)
     serve = load(out, manifest).signatures["serving_default"]
     one = serve(input_sequence=tf.constant(["hello world"]))["sentence_embedding"]
-    assert one.shape == (1, manifest["embedding_dim"])
+    assert one.shape == (1, manifest.output_dim)
     empty = serve(input_sequence=tf.constant([], tf.string))["sentence_embedding"]
-    assert empty.shape == (0, manifest["embedding_dim"])
+    assert empty.shape == (0, manifest.output_dim)
 
 
-def test_export_manifest_records_model_versions_and_op_libraries_when_default(request, exports):
+def test_export_manifest_records_what_the_saved_graph_really_uses_when_default(request, exported):
     import tensorflow as tf
+    import tensorflow_text
 
-    _, out, manifest = exports(request, "default_model_dir")
-    assert manifest == read_manifest(out) and manifest["ops"]
-    assert manifest["source"] == str(request.getfixturevalue("default_model_dir"))
-    assert (manifest["embedding_dim"], manifest["max_seq_length"], manifest["pooling"]) == (384, 256, ["mean"])
-    assert manifest["normalize"] is True
-    assert manifest["tensorflow"] == tf.__version__
-    assert manifest["op_libraries"] and all(lib.endswith(".so") for lib in manifest["op_libraries"])
+    import packager
+    from packager.oplibs import local_core_ops, local_library_map, read_graph_ops
+
+    model_dir, out, manifest = exported("default_model_dir")
+    # Every field against an independent source: the graph on disk, the model folder, the runtime.
+    graph_ops = read_graph_ops(out).ops
+    assert manifest.ops == tuple(sorted(graph_ops))
+    assert set(manifest.custom_ops) == {op for op in graph_ops if op not in local_core_ops()}
+    libs = local_library_map()
+    assert set(manifest.op_libraries) == {libs[op] for op in manifest.custom_ops}
+    assert manifest.op_libraries == ("_fast_wordpiece_tokenizer.so",)
+    assert manifest.source == str(model_dir)
+    entries = sorted(json.loads((model_dir / "modules.json").read_text()), key=lambda e: e["idx"])
+    assert [m["type"] for m in manifest.modules] == [e["type"] for e in entries]
+    st_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
+    assert manifest.max_seq_length == st_cfg["max_seq_length"]
+    pooling_cfg = json.loads((model_dir / "1_Pooling" / "config.json").read_text())
+    assert manifest.pooling == tuple(m for k, m in [("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls"),
+                                                   ("pooling_mode_max_tokens", "max")] if pooling_cfg.get(k))
+    assert manifest.normalize is any(e["type"].endswith("Normalize") for e in entries)
+    saved = load(out, manifest)
+    sig = saved.signatures["serving_default"]
+    assert list(sig.structured_input_signature[1]) == list(manifest.inputs)
+    assert list(sig.structured_outputs) == [manifest.output_key]
+    assert sig.structured_outputs[manifest.output_key].shape[-1] == manifest.output_dim
+    assert sorted(saved.signatures) == sorted(manifest.signatures)
+    assert (manifest.tensorflow, manifest.tensorflow_text) == (tf.__version__, tensorflow_text.__version__)
+    assert manifest.packager_version == packager.__version__ and manifest.task == "embed"
 
 
 FRESH_LOAD = r"""
@@ -85,10 +102,10 @@ print(json.dumps(out["sentence_embedding"].numpy().tolist()))
 
 
 @pytest.mark.parametrize("name", ["default_model_dir", "tiny_xlmr"])
-def test_export_loads_in_fresh_process_when_only_listed_op_libraries_registered(request, exports, name, tmp_path):
+def test_export_loads_in_fresh_process_when_only_listed_op_libraries_registered(request, exported, name, tmp_path):
     import importlib.util
 
-    model_dir, out, manifest = exports(request, name)
+    model_dir, out, manifest = exported(name)
     ops_dir = Path(importlib.util.find_spec("tensorflow_text").submodule_search_locations[0]) / "python" / "ops"
     script = tmp_path / "fresh.py"
     script.write_text(FRESH_LOAD)
@@ -101,10 +118,10 @@ def test_export_loads_in_fresh_process_when_only_listed_op_libraries_registered(
     assert np.abs(got - ref).max() <= 1e-5
 
 
-def test_export_refuses_to_overwrite_when_output_exists_without_force(request, exports):
-    model_dir, out, _ = exports(request, "tiny_bert")
+def test_export_refuses_to_overwrite_when_output_exists_without_force(request, exported):
+    model_dir, out, _ = exported("tiny_bert")
     before = sorted(p.name for p in out.iterdir())
-    with pytest.raises(TargetError, match="--force"):
+    with pytest.raises(TargetError, match="set force"):
         export(model_dir, out)
     assert sorted(p.name for p in out.iterdir()) == before
 
@@ -124,8 +141,8 @@ def test_export_writes_nothing_when_module_unsupported(default_model_dir, tmp_pa
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_export_replaces_atomically_when_force(request, exports, tmp_path):
-    model_dir, _, _ = exports(request, "tiny_bert")
+def test_export_replaces_atomically_when_force(request, exported, tmp_path):
+    model_dir, _, _ = exported("tiny_bert")
     out = tmp_path / "exp"
     export(model_dir, out)
     (out / "stale-marker").write_text("old")

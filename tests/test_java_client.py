@@ -15,7 +15,6 @@ from packager import verify as v
 from packager.clients import triton_http
 from packager.serve import TritonServer
 from packager.targets import build_from_export
-from tiny_models import exported
 
 pytestmark = pytest.mark.server
 
@@ -34,9 +33,9 @@ def java_classes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_bert):
+def server(tmp_path_factory, tiny_export):
     repo = tmp_path_factory.mktemp("java-serve") / "repo"
-    build_from_export(exported(tmp_path_factory, tiny_bert, "tiny_bert"), target="triton", output=repo, name="tiny")
+    build_from_export(tiny_export, target="triton", output=repo, name="tiny")
     with TritonServer(repo, ready_timeout=300) as srv:
         yield srv
 

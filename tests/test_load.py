@@ -1,7 +1,8 @@
 """Load and faults against the real local tritonserver (loopback only, bounded in count and time).
 
 * 16 concurrent clients for about a minute: zero failed requests; a sample of answers checked
-  against sentence-transformers; p50/p99 written to ``bench/results/`` (a record, not a threshold).
+  against sentence-transformers; p50/p99 written to the test run's temp folder (a record, not a
+  threshold; ``bench/`` is where measurements live).
 * SIGKILL the server in the middle of that load, restart it on the same ports: clients see errors
   only during the outage, the restarted server answers identically, and the repository on disk is
   unchanged.
@@ -28,7 +29,6 @@ from packager.targets import build_from_export
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 16
 LOAD_SECONDS = float(os.environ.get("PACKAGER_LOAD_SECONDS", "60"))
 MAX_REQUESTS_PER_CLIENT = 5000
@@ -37,9 +37,6 @@ MODEL = "minilm"
 
 @pytest.fixture(scope="module")
 def texts():
-    import sys
-
-    sys.path.insert(0, str(ROOT))
     from bench.corpus import make_corpus
 
     return make_corpus(256, long_share=0.05, seed=7)
@@ -52,11 +49,9 @@ def reference(default_model_dir, texts):
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, default_model_dir):
-    from tiny_models import exported
-
+def repo(tmp_path_factory, exports):
     out = tmp_path_factory.mktemp("load") / "model_repository"
-    build_from_export(exported(tmp_path_factory, default_model_dir, "default_model_dir"), target="triton",
+    build_from_export(exports("default_model_dir"), target="triton",
                       output=out, name=MODEL, max_queue_delay_us=2000)
     return out
 
@@ -118,15 +113,14 @@ class Load:
             t.join(timeout=120)
 
 
-def record(name: str, data: dict) -> Path:
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+def record(out: Path, name: str, data: dict) -> Path:
     path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"load record: {path}")
     return path
 
 
-def test_server_has_no_failed_request_when_16_clients_load_it_for_a_minute(repo, texts, reference):
+def test_server_has_no_failed_request_when_16_clients_load_it_for_a_minute(repo, texts, reference, tmp_path):
     with TritonServer(repo, ready_timeout=300) as srv:
         load = Load(srv, texts, reference).start()
         deadline = time.monotonic() + LOAD_SECONDS
@@ -137,7 +131,7 @@ def test_server_has_no_failed_request_when_16_clients_load_it_for_a_minute(repo,
     assert not load.wrong, load.wrong[:5]
     assert len(load.ok) > CLIENTS  # every client got answers
     lat = np.array([l for _, l, _ in load.ok])
-    record("load", {
+    record(tmp_path, "load", {
         "clients": CLIENTS, "seconds": LOAD_SECONDS, "requests": len(load.ok), "failed": len(load.errors),
         "requests_per_s": len(load.ok) / LOAD_SECONDS,
         "latency_p50_ms": float(np.percentile(lat, 50) * 1e3), "latency_p99_ms": float(np.percentile(lat, 99) * 1e3),

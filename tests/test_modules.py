@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from packager.modules import dense, normalize, pooling
-from packager.source import ModuleSpec
+from packager import modules
+from packager.modules import dense, pooling
 
 MODES = list(pooling.MODES) + [["mean", "max", "cls"]]
 
@@ -27,8 +27,8 @@ def test_pooling_matches_sentence_transformers_when_mode_is_used(mode):
 
     emb, mask = _features()
     ref = Pooling(emb.shape[-1], pooling_mode=mode)({"token_embeddings": torch.tensor(emb), "attention_mask": torch.tensor(mask)})
-    spec = ModuleSpec(1, "1", "1_Pooling", "x", "Pooling", {"modes": [mode] if isinstance(mode, str) else mode})
-    got = pooling.build(spec, None)({"token_embeddings": tf.constant(emb), "attention_mask": tf.constant(mask)})
+    module = modules.Pooling(name="1", path="1_Pooling", type="x", modes=(mode,) if isinstance(mode, str) else tuple(mode))
+    got = module.build()({"token_embeddings": tf.constant(emb), "attention_mask": tf.constant(mask)})
     np.testing.assert_allclose(got["sentence_embedding"].numpy(), ref["sentence_embedding"].numpy(), atol=1e-6)
 
 
@@ -36,20 +36,21 @@ def test_pooling_matches_sentence_transformers_when_mode_is_used(mode):
 def test_pooling_returns_empty_rows_when_batch_is_empty(mode):
     import tensorflow as tf
 
-    spec = ModuleSpec(1, "1", "1_Pooling", "x", "Pooling", {"modes": [mode]})
-    fn = tf.function(pooling.build(spec, None).__call__)
+    fn = tf.function(modules.Pooling(name="1", path="1_Pooling", type="x", modes=(mode,)).build().__call__)
     got = fn({"token_embeddings": tf.zeros([0, 0, 4]), "attention_mask": tf.zeros([0, 0], tf.int64)})
     assert got["sentence_embedding"].shape == (0, 4)
 
 
-@pytest.mark.parametrize("activation", sorted(dense.ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(dense.TORCH_ACTIVATIONS))
 def test_dense_activation_matches_torch_when_mapped_by_dotted_name(activation):
     import importlib
+
+    from packager.encoders.layers import ACTIVATIONS
 
     module, cls = activation.rsplit(".", 1)
     torch_act = getattr(importlib.import_module(module), cls)()
     x = np.linspace(-6, 6, 97, dtype=np.float32)
-    got = dense.activation_fn(dense.ACTIVATIONS[activation])(x).numpy()
+    got = ACTIVATIONS[dense.torch_activation(activation)](x).numpy()
     np.testing.assert_allclose(got, torch_act(torch.tensor(x)).numpy(), atol=1e-6)
 
 
@@ -57,5 +58,6 @@ def test_normalize_matches_torch_when_vectors_include_zero():
     import tensorflow as tf
 
     x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]], dtype=np.float32)
-    got = normalize.build(None, None)({"sentence_embedding": tf.constant(x)})["sentence_embedding"].numpy()
+    module = modules.Normalize(name="2", path="2_Normalize", type="x").build(None)
+    got = module({"sentence_embedding": tf.constant(x)})["sentence_embedding"].numpy()
     np.testing.assert_allclose(got, torch.nn.functional.normalize(torch.tensor(x), p=2, dim=-1).numpy(), atol=1e-7)

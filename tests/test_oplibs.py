@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 
 from packager.errors import PackagerError, TargetError
+from packager.compat import CompatibilityWarning, check_compatible, find_problems, server_opset
 from packager.oplibs import (
     OPSETS_DIR,
-    CompatibilityWarning,
     analyze_saved_model,
-    check_compatible,
     fetch_op_libraries,
-    find_problems,
     installed_versions,
     load_opset,
     read_graph_ops,
@@ -116,7 +114,7 @@ def test_load_opset_combines_core_and_text_when_server_links_older_tf_text():
 # ---------------------------------------------------------------- server table
 def test_servers_have_op_sets_when_table_is_loaded():
     for srv in SERVERS:
-        s = srv.opset()
+        s = server_opset(srv)
         assert "MatMul" in s.core, srv.key
         assert "FastWordpieceTokenizeWithOffsets" in s.text, srv.key
         assert srv.sources, srv.key

@@ -23,7 +23,6 @@ from packager.clients import ServerError, embedder, triton_grpc, triton_http
 from packager.errors import TargetError
 from packager.serve import TritonServer, check_repository
 from packager.targets import build_from_export
-from tiny_models import exported
 
 pytestmark = pytest.mark.server
 
@@ -37,10 +36,10 @@ def model_dirs(request) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, model_dirs):
+def server(tmp_path_factory, model_dirs, exports):
     repo = tmp_path_factory.mktemp("serve") / "model_repository"
-    for name, model_dir in model_dirs.items():
-        build_from_export(exported(tmp_path_factory, model_dir, MODELS[name]), target="triton", output=repo,
+    for name in model_dirs:
+        build_from_export(exports(MODELS[name]), target="triton", output=repo,
                           name=name, max_queue_delay_us=50_000)  # 50 ms: batching shows even on a loaded machine
     with TritonServer(repo, ready_timeout=300) as srv:
         yield srv
@@ -244,9 +243,9 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_serve_cli_prints_endpoints_and_stops_cleanly_when_sent_sigint(tmp_path_factory, tiny_bert):
+def test_serve_cli_prints_endpoints_and_stops_cleanly_when_sent_sigint(tmp_path_factory, tiny_export):
     repo = tmp_path_factory.mktemp("cli") / "repo"
-    build_from_export(exported(tmp_path_factory, tiny_bert, "tiny_bert"), target="triton", output=repo,
+    build_from_export(tiny_export, target="triton", output=repo,
                       name="tiny", warmup=False)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "packager", "serve", str(repo)], stdout=subprocess.PIPE,

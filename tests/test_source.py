@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from packager.errors import ModelError, UnsupportedError
-from packager.source import load_spec, read_spec, resolve_model, safe_join, sanitize_name
+from packager.files import safe_join, sanitize_name
+from packager.source import load_spec, read_spec, resolve_model
 
 
 def _copy(model_dir: Path, tmp_path: Path) -> Path:
@@ -29,7 +30,7 @@ def test_read_spec_reads_pipeline_when_default_model():
     assert spec.max_seq_length == 256
     assert spec.pooling == ["mean"]
     assert spec.embedding_dim == 384
-    assert spec.transformer.config["model_type"] == "bert"
+    assert spec.transformer.model_type == "bert"
     assert spec.name == "all-minilm-l6-v2"
 
 

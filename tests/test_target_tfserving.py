@@ -17,18 +17,6 @@ from packager import verify as v
 from packager.errors import TargetError
 from packager.targets import build_from_export, tfserving
 from packager.targets.tfserving import TFServingOptions
-from tiny_models import exported
-
-MANIFEST = {
-    "packager_version": "0.1.0", "source": "x", "name": "m", "embedding_dim": 8, "max_seq_length": 16,
-    "op_libraries": [], "input_key": "input_sequence", "output_key": "sentence_embedding",
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory, tiny_bert) -> Path:
-    return exported(tmp_path_factory, tiny_bert, "tiny_bert")
-
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_export) -> Path:
@@ -98,7 +86,13 @@ def test_tfserving_tfrecords_read_back_when_framed_by_packager(tmp_path):
     path = tmp_path / "r.tfrecord"
     path.write_bytes(tfserving.tfrecords(records))
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
-    assert tfserving.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    # TensorFlow checks each record's masked CRC-32C when asked to; a flipped payload byte fails.
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="")] == records
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(str(path)))
 
 
 def test_tfserving_examples_parse_when_built(base):
@@ -123,7 +117,7 @@ def test_tfserving_version_2_keeps_version_1_and_needs_force_when_version_exists
     assert sorted(p.name for p in (out / "tiny").iterdir()) == ["1", "2"]
     cfg = parse_models_config((out / "models.config").read_text())
     assert sorted(c.name for c in cfg.model_config_list.config) == ["other", "tiny"]
-    with pytest.raises(TargetError, match="--force"):
+    with pytest.raises(TargetError, match="set force"):
         build_from_export(tiny_export, target="tfserving", output=out, name="tiny", version=2)
     build_from_export(tiny_export, target="tfserving", output=out, name="tiny", version=2, force=True)
 
@@ -189,6 +183,7 @@ def test_tfserving_version_matches_sentence_transformers_when_loaded_like_the_se
 @pytest.mark.parametrize("target, options", [
     ("tfserving", {"server_version": "9.99"}),
     ("triton", {"backend": "tensorflow", "server_version": "24.01"}),
+    ("triton", {"server_version": "99.99"}),
 ])
 def test_build_refuses_an_unknown_server_version_before_exporting(tmp_path, monkeypatch, target, options):
     import packager.graph
@@ -199,6 +194,8 @@ def test_build_refuses_an_unknown_server_version_before_exporting(tmp_path, monk
         raise AssertionError("exported before the server release was checked")
 
     monkeypatch.setattr(packager.graph, "export", no_export)
-    with pytest.raises(TargetError, match=r"unsupported .* release '(9\.99|24\.01)'. Supported: "):
+    expected = (r"does not apply to the python backend" if "backend" not in options and target == "triton"
+                else r"unsupported .* release '(9\.99|24\.01)'. Supported: ")
+    with pytest.raises(TargetError, match=expected):
         build(None, target=target, output=tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()

@@ -16,37 +16,34 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from dataclasses import replace
+
 from packager.errors import TargetError
+from packager.manifest import Manifest
+from packager.manifest import read as read_manifest
 from packager.targets import build_from_export, sanitize, triton
 from packager.targets.triton import TritonOptions, bytes_tensor_file, read_bytes_tensor_file
-from packager.targets.writer import write_tree
+from packager.writer import write_tree
 from test_build_interrupted import default_sigint
-from tiny_models import exported
 
-MANIFEST = {
-    "packager_version": "0.1.0",
-    "source": "sentence-transformers/all-MiniLM-L6-v2",
-    "name": "all-minilm-l6-v2",
-    "embedding_dim": 384,
-    "max_seq_length": 256,
-    "tensorflow": "2.21.0",
-    "tensorflow_text": "2.21.1",
-    "op_libraries": ["_fast_wordpiece_tokenizer.so", "_regex_split_ops.so"],
-    "input_key": "input_sequence",
-    "output_key": "sentence_embedding",
-}
-FAKE_LIBS = {lib: Path(__file__) for lib in MANIFEST["op_libraries"]}
+MANIFEST = Manifest(
+    packager_version="0.1.0",
+    source="sentence-transformers/all-MiniLM-L6-v2",
+    name="all-minilm-l6-v2",
+    model_type="bert",
+    output_dim=384,
+    max_seq_length=256,
+    tensorflow="2.21.0",
+    tensorflow_text="2.21.1",
+    op_libraries=("_fast_wordpiece_tokenizer.so", "_regex_split_ops.so"),
+)
+FAKE_LIBS = {lib: Path(__file__) for lib in MANIFEST.op_libraries}
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
     cfg = model_config_pb2.ModelConfig()
     text_format.Parse(text, cfg)  # unknown fields or bad syntax raise ParseError
     return cfg
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory, tiny_bert) -> Path:
-    return exported(tmp_path_factory, tiny_bert, "tiny_bert")
 
 
 # ------------------------------------------------------------------------------------ config.pbtxt
@@ -111,7 +108,7 @@ def test_triton_options_raise_target_error_when_invalid(kwargs):
 
 def test_triton_config_cannot_be_injected_when_model_strings_hold_quotes_and_newlines():
     evil = 'x" }\ninstance_group [ { count: 99 } ]\nname: "pwned'
-    manifest = dict(MANIFEST, source=evil)
+    manifest = replace(MANIFEST, source=evil)
     name = sanitize('My "Model"\nname: evil')
     assert name == "my--model--name--evil"
     text = triton.render_config(manifest, name=name, options=TritonOptions(backend="python"))
@@ -125,15 +122,15 @@ def test_triton_config_cannot_be_injected_when_model_strings_hold_quotes_and_new
 
 
 def test_triton_model_py_compiles_and_quotes_strings_when_source_is_hostile():
-    manifest = dict(MANIFEST, source='"""; import os; os.system("x") #\n', input_key="input_sequence")
+    manifest = replace(MANIFEST, source='"""; import os; os.system("x") #\n')
     code = triton.render_model_py(manifest, name="m", options=TritonOptions())
     compile(code, "model.py", "exec")
     ns: dict = {}
     # Only the constants block is executed (the rest needs Triton's pb_utils).
     consts = code[code.index("\nPACKAGER_VERSION = "):code.index("\nBUILT_WITH = ")]
     exec(consts, ns)
-    assert ns["SOURCE"] == manifest["source"]
-    assert ns["OP_LIBRARIES"] == MANIFEST["op_libraries"] and ns["EMBEDDING_DIM"] == 384
+    assert ns["SOURCE"] == manifest.source
+    assert ns["OP_LIBRARIES"] == list(MANIFEST.op_libraries) and ns["EMBEDDING_DIM"] == 384
     assert ns["MAX_STRING_BYTES"] == 256 * 1024
 
 
@@ -147,19 +144,19 @@ def test_triton_warmup_file_round_trips_when_strings_are_unicode():
 
 
 def test_triton_render_lists_layout_when_python_backend():
-    files = triton.render(MANIFEST, Path("/export"), name="m", version=3, options=TritonOptions())
+    files = triton.render_files(MANIFEST, Path("/export"), name="m", version=3, options=TritonOptions())
     assert set(files) == {"config.pbtxt", "3/model.savedmodel", "3/model.py", "warmup/sample", "packager-target.json"}
     assert files["3/model.savedmodel"] == Path("/export")
     assert read_bytes_tensor_file(files["warmup/sample"]) == [triton.WARMUP_TEXT.encode("utf-8")]
     info = json.loads(files["packager-target.json"])
-    assert info["backend"] == "python" and info["version"] == 3 and info["export"]["source"] == MANIFEST["source"]
+    assert info["backend"] == "python" and info["version"] == 3 and info["export"]["source"] == MANIFEST.source
 
 
 def test_triton_render_raises_when_tensorflow_backend_lacks_op_libraries():
     with pytest.raises(TargetError, match="_regex_split_ops.so"):
-        triton.render(MANIFEST, None, name="m", options=TritonOptions(backend="tensorflow"),
+        triton.render_files(MANIFEST, None, name="m", options=TritonOptions(backend="tensorflow"),
                       op_library_files={"_fast_wordpiece_tokenizer.so": Path(__file__)})
-    files = triton.render(MANIFEST, None, name="m", options=TritonOptions(backend="tensorflow"),
+    files = triton.render_files(MANIFEST, None, name="m", options=TritonOptions(backend="tensorflow"),
                           op_library_files=FAKE_LIBS)
     assert {"ops/_fast_wordpiece_tokenizer.so", "ops/_regex_split_ops.so"} <= set(files)
     assert not any(k.endswith("model.py") for k in files)
@@ -171,8 +168,7 @@ def test_build_writes_parseable_python_repo_when_real_export(tmp_path, tiny_expo
     model_dir = build_from_export(tiny_export, target="triton", output=repo, name="Tiny BERT")
     assert model_dir == repo / "tiny-bert"
     cfg = parse_config((model_dir / "config.pbtxt").read_text())
-    manifest = json.loads((tiny_export / "packager.json").read_text())
-    assert list(cfg.output[0].dims) == [manifest["embedding_dim"]]
+    assert list(cfg.output[0].dims) == [read_manifest(tiny_export).output_dim]
     assert (model_dir / "1" / "model.savedmodel" / "saved_model.pb").is_file()
     assert (model_dir / "1" / "model.savedmodel" / "variables").is_dir()
     assert "_fast_wordpiece_tokenizer.so" in (model_dir / "1" / "model.py").read_text()
@@ -190,7 +186,7 @@ def test_build_keeps_version_1_when_version_2_added_and_needs_force_to_replace(t
     assert (model_dir / "1" / "stale.txt").is_file()  # untouched: version 1 is not this build's
     assert (model_dir / "2" / "model.py").is_file()
     assert parse_config((model_dir / "config.pbtxt").read_text()).max_batch_size == 8
-    with pytest.raises(TargetError, match="--force"):
+    with pytest.raises(TargetError, match="set force"):
         build_from_export(tiny_export, target="triton", output=repo, name="m", version=1)
     assert (model_dir / "1" / "stale.txt").is_file()  # a refused build changes nothing
     build_from_export(tiny_export, target="triton", output=repo, name="m", version=1, force=True)
@@ -230,7 +226,7 @@ def test_writer_refuses_paths_outside_destination_when_relative_path_escapes(tmp
 _KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from packager.targets.writer import write_tree
+    from packager.writer import write_tree
     dest, gen = Path(sys.argv[1]), int(sys.argv[2])
     files = {f"v/{i:03d}.txt": (f"{gen}:{i}:" + "x" * 20000).encode() for i in range(200)}
     files["config.txt"] = f"gen {gen}"
@@ -277,7 +273,7 @@ def test_writer_leaves_old_or_new_tree_when_killed_mid_write(tmp_path):
 
 
 def test_writer_recovers_old_tree_when_killed_between_fallback_renames(tmp_path):
-    from packager.targets import writer
+    from packager import writer
 
     dest = tmp_path / "out"
     write_tree(dest, {"a.txt": "old"})
@@ -298,12 +294,12 @@ def test_build_tensorflow_backend_ships_op_libraries_of_the_image_tf_when_backen
     srv = get_server("triton-tensorflow")
     model_dir = build_from_export(tiny_export, target="triton", output=tmp_path / "repo", name="m", backend="tensorflow")
     cfg = parse_config((model_dir / "config.pbtxt").read_text())
-    manifest = json.loads((tiny_export / "packager.json").read_text())
+    manifest = read_manifest(tiny_export)
     assert cfg.platform == "tensorflow_savedmodel"
-    assert list(cfg.model_operations.op_library_filename) == [f"/models/m/ops/{lib}" for lib in manifest["op_libraries"]]
+    assert list(cfg.model_operations.op_library_filename) == [f"/models/m/ops/{lib}" for lib in manifest.op_libraries]
     info = json.loads((model_dir / "packager-target.json").read_text())
-    assert info["image"] == srv.image and info["image_tensorflow"] == srv.tensorflow != manifest["tensorflow"]
-    for lib in manifest["op_libraries"]:
+    assert info["image"] == srv.image and info["image_tensorflow"] == srv.tensorflow != manifest.tensorflow
+    for lib in manifest.op_libraries:
         shipped = (model_dir / "ops" / lib).read_bytes()
         local = (text_ops_dir() / lib).read_bytes()
         assert shipped[:4] == b"\x7fELF"

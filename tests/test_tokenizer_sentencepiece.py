@@ -59,7 +59,7 @@ def xlmr(request):
 
     model_dir = request.getfixturevalue(request.param)
     spec = load_spec(model_dir).modules[0]
-    tok = build_tokenizer(load_hf_tokenizer(spec, model_dir), spec.directory(model_dir), spec.config["max_seq_length"])
+    tok = build_tokenizer(load_hf_tokenizer(spec, model_dir), spec.directory(model_dir), spec.max_seq_length)
     fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
     def tokenize(texts):  # str, or raw bytes as a server receives them
@@ -132,7 +132,7 @@ def test_sentencepiece_ids_equal_hf_when_megabyte_word_never_settles(tiny_xlmr):
     from packager.tokenizers.sentencepiece import SentencePieceTokenizer
 
     spec = load_spec(tiny_xlmr).modules[0]
-    tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.config["max_seq_length"])
+    tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.max_seq_length)
     fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     text = "\U0001F600" * 250_000
     ids, mask = fn(tf.constant([text]))
@@ -262,7 +262,7 @@ def test_sentencepiece_graph_round_trips_when_saved_and_loaded_without_tf_text(t
     from packager.tokenizers.sentencepiece import SentencePieceTokenizer
 
     spec = load_spec(tiny_xlmr).modules[0]
-    tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.config["max_seq_length"])
+    tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.max_seq_length)
 
     class Holder(tf.Module):
         def __init__(self):

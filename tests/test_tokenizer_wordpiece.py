@@ -207,10 +207,6 @@ def _hf_reference(hf, texts, max_len):
     dict(lowercase=False, strip_accents=None, chinese=False),
 ], ids=["lower-keep-accents", "cased-strip-accents", "no-chinese-chars", "cased-no-chinese"])
 def test_wordpiece_matches_hf_for_normalizer_options(tmp_path, corpus, options):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     import tiny_models
 
     model_dir = tiny_models.make_bert(tmp_path, seed=5, **options)
@@ -248,10 +244,6 @@ def test_wordpiece_handles_normalized_single_word_and_rstrip_added_tokens(tiny_b
 
 
 def test_wordpiece_mpnet_variant_with_normalized_mask_and_unk_token(tmp_path, corpus):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     import tiny_models
 
     model_dir = tiny_models.make_mpnet(tmp_path, unk_token="<unk>", mask_normalized=True, max_seq_length=32)

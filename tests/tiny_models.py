@@ -219,13 +219,3 @@ def _randomize(model, seed: int) -> None:
 
 def describe(path: Path) -> dict:
     return json.loads((Path(path) / "modules.json").read_text())
-
-
-def exported(tmp_path_factory, model_dir: Path, key: str) -> Path:
-    """The real export of ``model_dir``, made once per test session (shared by the serving test files)."""
-    from packager.graph import export
-
-    out = tmp_path_factory.getbasetemp() / "packager-exports" / key
-    if not (out / "packager.json").is_file():
-        export(model_dir, out, force=True)
-    return out

@@ -2,7 +2,7 @@
 """Write ``docs/compatibility.md`` from the compatibility test's results (never typed by hand).
 
 Usage:
-    .venv/bin/python -m pytest tests/test_compat.py        # writes build/compat/results.json
+    PACKAGER_COMPAT_RESULTS=build/compat/results.json .venv/bin/python -m pytest tests/test_compat.py
     .venv/bin/python tools/compat_matrix.py                # -> docs/compatibility.md (+ .json copy)
     .venv/bin/python tools/compat_matrix.py RESULTS.json -o OUT.md
 

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from packager.oplibs import CACHE_DIR, OPSETS_DIR, installed_versions, registry_dump, text_ops_dir  # noqa: E402
+from packager.settings import work_dir  # noqa: E402
+from packager.oplibs import OPSETS_DIR, installed_versions, registry_dump, text_ops_dir  # noqa: E402
 
 # (tensorflow, tensorflow-text) pairs with cp311 wheels of both on PyPI. TF 2.13 has no cp311
 # tensorflow-text wheel: its file holds core ops only (TF-Serving 2.13 links TF-Text 2.12.1).
@@ -52,7 +53,7 @@ PAIRS: list[tuple[str, str]] = [
 # The venvs the compatibility test loads the export in: TF-Serving 2.12-2.19's TF-Text, Triton
 # 25.02's TF, TF-Serving 2.20's pair (the python backend's pair is the project venv itself).
 COMPAT_PAIRS: list[tuple[str, str]] = [("2.12.1", "2.12.1"), ("2.17.0", "2.17.0"), ("2.20.0", "2.20.0")]
-COMPAT_DIR = CACHE_DIR / "compat"
+COMPAT_DIR = work_dir("compat")
 
 
 def base_python() -> str:

@@ -1,26 +1,24 @@
 """One file per sentence-transformers module type, keyed by the exact ``modules.json`` type.
 
-Each module file exposes:
-    KIND: the class name (``"Pooling"``).
-    TYPES: the ``modules.json`` type strings it accepts (old and new sentence-transformers paths).
-    read_config(model_dir, module_dir) -> dict: plain data, no TF import.
-    build(spec: ModuleSpec, model_dir) -> object with ``__call__(features: dict) -> dict``
-        (TF; imported lazily). Features follow sentence-transformers' names:
-        ``input_ids``, ``attention_mask``, ``token_embeddings``, ``sentence_embedding``.
+Each file defines a :class:`~packager.modules.base.Module` subclass, like sentence-transformers'
+own ``models/``: it reads its configuration (no TensorFlow), knows its output size and builds its
+half of the graph. The registry maps every ``modules.json`` type string to its class.
 """
 from __future__ import annotations
 
-from types import ModuleType
-
 from ..errors import UnsupportedError
-from . import dense, normalize, pooling, transformer
+from .base import Module
+from .dense import Dense
+from .normalize import Normalize
+from .pooling import Pooling
+from .transformer import Transformer
 
-_IMPLS: tuple[ModuleType, ...] = (transformer, pooling, dense, normalize)
-REGISTRY: dict[str, ModuleType] = {t: impl for impl in _IMPLS for t in impl.TYPES}
+CLASSES: tuple[type[Module], ...] = (Transformer, Pooling, Dense, Normalize)
+REGISTRY: dict[str, type[Module]] = {t: cls for cls in CLASSES for t in cls.TYPES}
 
 
-def module_for_type(type_: str) -> ModuleType:
-    """Return the implementation for a ``modules.json`` type string.
+def module_for_type(type_: str) -> type[Module]:
+    """Return the class for a ``modules.json`` type string.
 
     Raises:
         UnsupportedError: naming the type and listing the supported ones.
@@ -32,3 +30,6 @@ def module_for_type(type_: str) -> ModuleType:
         raise UnsupportedError(
             f"unsupported sentence-transformers module type {type_!r}. Supported types: {supported}"
         ) from None
+
+
+__all__ = ["Module", "Transformer", "Pooling", "Dense", "Normalize", "REGISTRY", "module_for_type"]

@@ -6,105 +6,131 @@ and a TF encoder per architecture (``packager.encoders``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from ..errors import ModelError, UnsupportedError
-from ..source import read_json
+from ..files import read_json, read_optional_json
+from .base import Module
 
-KIND = "Transformer"
-TYPES = (
-    "sentence_transformers.models.Transformer",
-    "sentence_transformers.models.Transformer.Transformer",
-    "sentence_transformers.base.modules.transformer.Transformer",
-)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")
 
 
-def read_config(model_dir: Path, module_dir: Path) -> dict:
-    from ..encoders import SUPPORTED_MODEL_TYPES
-
-    hf_config = read_json(module_dir / "config.json", "Hugging Face config.json")
-    model_type = hf_config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedError(
-            f"unsupported model_type {model_type!r} in {module_dir / 'config.json'}. "
-            f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    st_path = module_dir / "sentence_bert_config.json"
-    st_config = read_json(st_path, "sentence_bert_config.json") if st_path.is_file() else {}
-    weights = [f for f in WEIGHT_FILES if (module_dir / f).is_file()]
-    if not weights:
-        raise ModelError(f"no encoder weights in {module_dir}: expected one of {', '.join(WEIGHT_FILES)}")
-    if not any((module_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model")):
-        raise ModelError(f"no tokenizer files in {module_dir}: expected tokenizer.json, vocab.txt or a SentencePiece model")
-    max_len = st_config.get("max_seq_length")
-    if max_len is None:
-        tok_cfg_path = module_dir / "tokenizer_config.json"
-        tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if tok_cfg_path.is_file() else {}
-        candidates = [int(v) for v in (tok_cfg.get("model_max_length"), hf_config.get("max_position_embeddings"))
-                      if isinstance(v, (int, float)) and 0 < v < 1e9]
-        if not candidates:
-            raise ModelError(f"cannot determine max_seq_length for {module_dir}")
-        max_len = min(candidates)
-    return {
-        "model_type": model_type,
-        "hf_config": hf_config,
-        "max_seq_length": int(max_len),
-        "do_lower_case": bool(st_config.get("do_lower_case", False)),
-        "weights_file": weights[0],
-    }
-
-
-def load_hf_tokenizer(spec, model_dir: Path):
-    """The Hugging Face fast tokenizer configured exactly as sentence-transformers configures it.
-
-    Used at export time only (to derive the in-graph tokenizer) and by the parity checks.
-    Never runs code from the model folder (``trust_remote_code=False``).
+@dataclass(frozen=True)
+class Transformer(Module):
+    """Attributes:
+        model_type: the Hugging Face ``model_type``.
+        hf_config: ``config.json`` as read.
+        max_seq_length: truncation length (``sentence_bert_config.json``, else the tokenizer's and
+            the model's limits).
+        do_lower_case: sentence-transformers lower-cases before the tokenizer.
+        weights_file: the checkpoint file in the module folder.
     """
-    from transformers import AutoTokenizer
 
-    module_dir = spec.directory(model_dir)
-    tok = AutoTokenizer.from_pretrained(
-        str(module_dir), trust_remote_code=False, model_max_length=spec.config["max_seq_length"]
+    KIND = "Transformer"
+    TYPES = (
+        "sentence_transformers.models.Transformer",
+        "sentence_transformers.models.Transformer.Transformer",
+        "sentence_transformers.base.modules.transformer.Transformer",
     )
-    if not getattr(tok, "is_fast", False):
-        raise UnsupportedError(f"{module_dir}: only fast (tokenizers-backed) Hugging Face tokenizers are supported")
-    if spec.config["do_lower_case"]:
-        from tokenizers.normalizers import Lowercase, Sequence
 
-        norm = tok.backend_tokenizer.normalizer
-        if "Lowercase" not in repr(norm) and '"lowercase": true' not in (tok.backend_tokenizer.to_str().lower()):
-            parts = [Lowercase()] + (list(norm) if isinstance(norm, Sequence) else ([norm] if norm is not None else []))
-            tok.backend_tokenizer.normalizer = Sequence(parts)
-    return tok
+    model_type: str = ""
+    hf_config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    max_seq_length: int = 512
+    do_lower_case: bool = False
+    weights_file: str = "model.safetensors"
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, module_dir: Path, **entry) -> "Transformer":
+        from ..encoders import SUPPORTED_MODEL_TYPES
+
+        hf_config = read_json(module_dir / "config.json", "Hugging Face config.json")
+        model_type = hf_config.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedError(
+                f"unsupported model_type {model_type!r} in {module_dir / 'config.json'}. "
+                f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        st_config = read_optional_json(module_dir / "sentence_bert_config.json", "sentence_bert_config.json")
+        weights = [f for f in WEIGHT_FILES if (module_dir / f).is_file()]
+        if not weights:
+            raise ModelError(f"no encoder weights in {module_dir}: expected one of {', '.join(WEIGHT_FILES)}")
+        if not any((module_dir / f).is_file() for f in TOKENIZER_FILES):
+            raise ModelError(f"no tokenizer files in {module_dir}: expected tokenizer.json, vocab.txt or a SentencePiece model")
+        max_len = st_config.get("max_seq_length")
+        if max_len is None:
+            tok_cfg = read_optional_json(module_dir / "tokenizer_config.json", "tokenizer_config.json")
+            candidates = [int(v) for v in (tok_cfg.get("model_max_length"), hf_config.get("max_position_embeddings"))
+                          if isinstance(v, (int, float)) and 0 < v < 1e9]
+            if not candidates:
+                raise ModelError(f"cannot determine max_seq_length for {module_dir}")
+            max_len = min(candidates)
+        return cls(**entry, model_type=model_type, hf_config=hf_config, max_seq_length=int(max_len),
+                   do_lower_case=bool(st_config.get("do_lower_case", False)), weights_file=weights[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf_config.get("hidden_size") or self.hf_config["dim"])  # DistilBERT calls it "dim"
+
+    def output_dim(self, input_dim=None) -> int:
+        return self.hidden_size
+
+    def load_hf_tokenizer(self, model_dir: Path):
+        """The Hugging Face fast tokenizer configured exactly as sentence-transformers configures it.
+
+        Used at export time only (to derive the in-graph tokenizer) and by the parity checks.
+        Never runs code from the model folder (``trust_remote_code=False``).
+        """
+        from transformers import AutoTokenizer
+
+        module_dir = self.directory(model_dir)
+        tok = AutoTokenizer.from_pretrained(str(module_dir), trust_remote_code=False,
+                                            model_max_length=self.max_seq_length)
+        if not getattr(tok, "is_fast", False):
+            raise UnsupportedError(f"{module_dir}: only fast (tokenizers-backed) Hugging Face tokenizers are supported")
+        if self.do_lower_case:
+            from tokenizers.normalizers import Lowercase, Sequence
+
+            norm = tok.backend_tokenizer.normalizer
+            if "Lowercase" not in repr(norm) and '"lowercase": true' not in (tok.backend_tokenizer.to_str().lower()):
+                parts = [Lowercase()] + (list(norm) if isinstance(norm, Sequence) else ([norm] if norm is not None else []))
+                tok.backend_tokenizer.normalizer = Sequence(parts)
+        return tok
+
+    def build(self, model_dir: Path):
+        import tensorflow as tf
+
+        from ..encoders import build_encoder
+        from ..encoders.weights import load_weights
+        from ..tokenizers import build_tokenizer
+
+        module_dir = self.directory(model_dir)
+        hf_tok = self.load_hf_tokenizer(model_dir)
+        tokenizer = build_tokenizer(hf_tok, module_dir, self.max_seq_length)
+        weights = load_weights(module_dir / self.weights_file)
+        encoder = build_encoder(self.model_type, dict(self.hf_config), weights, pad_token_id=tokenizer.pad_id)
+        del weights
+
+        class TransformerModule(tf.Module):
+            def __init__(self):
+                super().__init__(name="transformer")
+                self.tokenizer = tokenizer
+                self.encoder = encoder
+
+            def tokenize(self, strings):
+                input_ids, attention_mask = self.tokenizer.tokenize(strings)
+                return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+            def __call__(self, features: dict) -> dict:
+                features = dict(features)
+                features["token_embeddings"] = self.encoder(features["input_ids"], features["attention_mask"])
+                return features
+
+        return TransformerModule()
 
 
-def build(spec, model_dir: Path):
-    import tensorflow as tf
-
-    from ..encoders import build_encoder
-    from ..encoders.weights import load_weights
-    from ..tokenizers import build_tokenizer
-
-    module_dir = spec.directory(model_dir)
-    hf_tok = load_hf_tokenizer(spec, model_dir)
-    tokenizer = build_tokenizer(hf_tok, module_dir, spec.config["max_seq_length"])
-    weights = load_weights(module_dir / spec.config["weights_file"])
-    encoder = build_encoder(spec.config["model_type"], spec.config["hf_config"], weights, pad_token_id=tokenizer.pad_id)
-
-    class Transformer(tf.Module):
-        def __init__(self):
-            super().__init__(name="transformer")
-            self.tokenizer = tokenizer
-            self.encoder = encoder
-
-        def tokenize(self, strings):
-            input_ids, attention_mask = self.tokenizer.tokenize(strings)
-            return {"input_ids": input_ids, "attention_mask": attention_mask}
-
-        def __call__(self, features: dict) -> dict:
-            features = dict(features)
-            features["token_embeddings"] = self.encoder(features["input_ids"], features["attention_mask"])
-            return features
-
-    return Transformer()
+def load_hf_tokenizer(module: Transformer, model_dir: Path):
+    """:meth:`Transformer.load_hf_tokenizer` as a function (what tests and tools call)."""
+    return module.load_hf_tokenizer(model_dir)

@@ -1,8 +1,17 @@
-"""Serving targets: lay an export out for Triton or TF-Serving.
+"""Serving targets: lay an export out for a server, through one pipeline.
 
-Each target is a pure ``render(manifest, savedmodel_dir, ...) -> {relative path: content}`` over Jinja
-templates in ``templates/<target>/``; :func:`packager.targets.writer.write_tree` then writes the result
-atomically. :func:`build` is what ``packager build`` calls: it exports the graph once, renders, writes.
+A target is a module of this package registered in :data:`TARGETS`. Each provides:
+
+* ``Options``: a frozen dataclass of its settings (validated in ``__post_init__``; the CLI builds
+  its flags from the fields' ``metadata["help"]``);
+* ``check(options, export_dir=None, manifest=None) -> Plan``: what the server needs, resolved
+  (its release, image, op libraries). Called once before the export with no export (a bad release
+  fails in a second) and once after it (the graph's ops against the server's);
+* ``render(manifest, export_dir, *, output, name, version, plan) -> Layout``: a pure function
+  from specs to files;
+* ``stack(plan, *, name) -> StackOptions``: the docker-compose stack that serves the layout.
+
+:func:`build` runs export → check → render → write (atomically, :mod:`packager.writer`) → stack.
 
 Example:
     >>> build(None, target="triton", output="model_repository", backend="python")   # doctest: +SKIP
@@ -10,138 +19,64 @@ Example:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shutil
-import tempfile
-from dataclasses import fields, replace
-from functools import lru_cache
+from dataclasses import fields
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping
 
 from ..errors import TargetError
+from ..files import sanitize_name
+from ..manifest import Manifest
+from ..templating import render_template
+from ..writer import work_dir_beside, write_tree
+from . import tfserving, triton
+from .base import BuildContext, Layout
 
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
-TARGETS = ("triton", "tfserving")
-DEFAULT_OUTPUT = {"triton": "model_repository", "tfserving": "tfserving_models"}
+TARGETS: dict[str, ModuleType] = {"triton": triton, "tfserving": tfserving}
 
-
-# ------------------------------------------------------------------------------------------- templates
-def _pbtxt_str(value: Any) -> str:
-    """A protobuf text-format string literal: quotes, backslashes, newlines and bytes are escaped."""
-    from google.protobuf import text_encoding
-
-    return '"' + text_encoding.CEscape(str(value), as_utf8=True) + '"'
-
-
-def _comment(value: Any) -> str:
-    """Text safe inside a one-line ``#`` comment (no line breaks of any kind can get through)."""
-    return json.dumps(str(value), ensure_ascii=True)
+__all__ = ["TARGETS", "Layout", "build", "build_from_export", "make_options", "render_template", "sanitize",
+           "target_module", "write_stack"]
 
 
-def yaml_str(value: Any) -> str:
-    """A YAML double-quoted scalar that Compose reads back as exactly ``value``.
-
-    JSON strings are valid YAML double-quoted scalars; ``$`` is doubled because Compose substitutes
-    ``$VAR`` and ``${VAR}`` in every string value.
-    """
-    return json.dumps(str(value).replace("$", "$$"), ensure_ascii=True)
-
-
-def _docker_arg(value: Any) -> str:
-    """A Dockerfile JSON-array item (exec form), never a shell word."""
-    return json.dumps(str(value), ensure_ascii=True)
-
-
-@lru_cache(maxsize=1)
-def _env():
-    import jinja2
-
-    if not TEMPLATES.is_dir():
-        raise TargetError(f"templates folder {TEMPLATES} is missing (packager must run from its source tree)")
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-        undefined=jinja2.StrictUndefined,  # a missing variable is a bug, not an empty string
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["pbtxt_str"] = _pbtxt_str
-    env.filters["pbtxt_comment"] = _comment
-    env.filters["pyrepr"] = repr  # a Python literal: the only safe way to put a string into code
-    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False)
-    env.filters["shquote"] = lambda v: __import__("shlex").quote(str(v))
-    env.filters["q"] = yaml_str  # compose YAML
-    env.filters["dq"] = _docker_arg  # Dockerfile exec form
-    return env
-
-
-def render_template(template: str, /, **context: Any) -> str:
-    """Render ``templates/<template>`` with strict undefined variables."""
-    return _env().get_template(template).render(**context)
-
-
-# ------------------------------------------------------------------------------------------- build
 def sanitize(name: str) -> str:
     """A model name Triton and TF-Serving accept and no template can be tricked by: ``[a-z0-9_-]``."""
-    from ..source import sanitize_name
-
     return sanitize_name(name)
 
 
-def _options(cls, target_options: Mapping[str, Any]):
+def target_module(target: str) -> ModuleType:
+    """The registered target module.
+
+    Raises:
+        TargetError: unknown target, listing the known ones.
+    """
+    try:
+        return TARGETS[target]
+    except KeyError:
+        raise TargetError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}") from None
+
+
+def make_options(target: str, options: Any = None, **target_options: Any):
+    """The target's ``Options``: ``options`` as given, or built from keyword arguments.
+
+    Raises:
+        TargetError: an option the target does not have (listing the ones it has), or invalid values.
+    """
+    cls = target_module(target).Options
+    if isinstance(options, cls) and not target_options:
+        return options
+    if options is not None:
+        raise TargetError(f"give {cls.__name__} or keyword options, not both")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(target_options) - known)
     if unknown:
-        raise TargetError(f"unknown option(s) for this target: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in target_options.items()}
-    return cls(**coerced)
+        raise TargetError(f"unknown option(s) for the {target} target: {', '.join(unknown)}; "
+                          f"it has: {', '.join(sorted(known))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in target_options.items()})
 
 
-def _server(kind: str, version: str | None):
-    """The server table row (packager.servers) a build targets."""
-    from ..servers import get_server
-
-    return get_server(kind, version)
-
-
-def _target_server(target: str, options):
-    """The server table row a build targets (packager.servers), or None for the Triton python backend.
-
-    Resolved from the options alone, so :func:`build` can refuse a bad ``--server-version`` or
-    ``--image`` before the (slow) export.
-    """
-    from ..servers import servers_of
-
-    if target == "tfserving":
-        return _server("tfserving", options.server_version)
-    if options.backend != "tensorflow":
-        return None
-    if options.image:
-        known = {s.image: s for s in servers_of("triton-tensorflow")}
-        if options.image not in known:
-            raise TargetError(
-                f"no op libraries are known for {options.image!r}: the tensorflow backend needs TF-Text kernels "
-                f"built for the exact TensorFlow inside the image. Supported images: {', '.join(known)}"
-            )
-        return known[options.image]
-    return _server("triton-tensorflow", options.server_version)
-
-
-def _tf_backend_op_libraries(export_dir: Path, manifest: Mapping, srv) -> dict[str, Path]:
-    """Op libraries built for the TensorFlow inside the chosen Triton TF-backend image ``srv``.
-
-    Returns:
-        library file name -> cached .so path.
-    """
-    from ..oplibs import check_compatible, fetch_op_libraries
-
-    check_compatible(export_dir, srv)
-    needed = list(manifest.get("op_libraries", []))
-    paths = fetch_op_libraries(srv.tensorflow_text, python_version=srv.python or "3.12", libraries=needed) if needed else []
-    return {Path(p).name: Path(p) for p in paths}
+def _output(target: str, output) -> Path:
+    return Path(output or target_module(target).DEFAULT_OUTPUT).absolute()
 
 
 def build_from_export(
@@ -152,65 +87,41 @@ def build_from_export(
     name: str | None = None,
     version: int = 1,
     force: bool = False,
-    manifest: Mapping | None = None,
+    manifest: Manifest | None = None,
+    options: Any = None,
     **target_options: Any,
 ) -> Path:
     """Lay out an existing export (a SavedModel folder with ``packager.json``) for a server.
 
     Args:
         export_dir: the SavedModel written by :func:`packager.graph.export`.
-        target: ``"triton"`` or ``"tfserving"``.
+        target: a key of :data:`TARGETS`.
         output: the repository (Triton) or base folder (TF-Serving); default per target.
         name: the served model name (sanitized to ``[a-z0-9_-]``); default: the export's name.
         version: the version folder (an existing one is replaced only with ``force``; others are kept).
         force: replace an existing version.
         manifest: the export manifest, if already read.
-        **target_options: fields of :class:`~packager.targets.triton.TritonOptions` or
-            :class:`~packager.targets.tfserving.TFServingOptions`.
+        options: the target's ``Options`` (or give its fields as keyword arguments).
 
     Returns:
-        The model folder: ``<output>/<name>``.
+        The model folder.
     """
-    from ..graph import read_manifest
-    from .writer import write_tree
+    from ..manifest import read as read_manifest
 
-    if target not in TARGETS:
-        raise TargetError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    module = target_module(target)
+    opts = make_options(target, options, **target_options)
     if int(version) < 1:
         raise TargetError(f"version must be >= 1, not {version}")
     export_dir = Path(export_dir)
-    manifest = dict(manifest or read_manifest(export_dir))
-    model_name = sanitize(name or manifest.get("name") or "model")
-    out = Path(output or DEFAULT_OUTPUT[target]).absolute()
-    if target == "triton":
-        from . import triton
-
-        opts = _options(triton.TritonOptions, target_options)
-        libs, image_tf = ({}, manifest.get("tensorflow"))
-        srv = _target_server(target, opts)
-        if srv is not None:
-            libs, image_tf = _tf_backend_op_libraries(export_dir, manifest, srv), srv.tensorflow
-            opts = replace(opts, image=srv.image)
-        files = triton.render(manifest, export_dir, name=model_name, version=int(version), options=opts,
-                              op_library_files=libs, image_tf=image_tf)
-        # Stage beside the repository, not in it: Triton refuses to start on a folder it cannot load.
-        out.mkdir(parents=True, exist_ok=True)
-        return write_tree(out / model_name, files, force=force, exclusive=triton.exclusive_paths(version),
-                          replace=triton.shared_paths(), staging=out.parent)
-    from . import tfserving
-
-    opts = _options(tfserving.TFServingOptions, target_options)
-    from ..oplibs import check_compatible
-
-    srv = _target_server(target, opts)
-    check_compatible(export_dir, srv)  # before anything is written: an op the server lacks fails here
-    opts = replace(opts, image=opts.image or srv.image)
-    existing = out / tfserving.MODELS_CONFIG
-    files = tfserving.render(manifest, export_dir, name=model_name, version=int(version), options=opts,
-                             existing_models_config=existing.read_text(encoding="utf-8") if existing.is_file() else None)
-    write_tree(out, files, force=force, exclusive=tfserving.exclusive_paths(model_name, version),
-               replace=[f"{tfserving.EXAMPLES_DIR}/{model_name}"])
-    return out / model_name
+    manifest = manifest or read_manifest(export_dir)
+    ctx = BuildContext(output=_output(target, output), name=sanitize(name or manifest.name or "model"),
+                       version=int(version), force=force)
+    plan = module.check(opts, export_dir=export_dir, manifest=manifest)  # before anything is written
+    layout = module.render(manifest, export_dir, ctx=ctx, plan=plan)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_tree(layout.root, layout.files, force=force, exclusive=layout.exclusive, replace=layout.replace,
+               staging=layout.staging)
+    return layout.model_dir
 
 
 def build(
@@ -221,83 +132,52 @@ def build(
     name: str | None = None,
     version: int = 1,
     force: bool = False,
+    options: Any = None,
+    export_options: Mapping[str, Any] | None = None,
     **target_options: Any,
 ) -> Path:
     """Export ``model`` once and lay it out for ``target`` (what ``packager build`` calls).
 
     Args:
         model: a model folder, a name in the local HF cache, or ``None`` for the embedded default.
-        target, output, name, version, force, **target_options: see :func:`build_from_export`.
+        export_options: keyword arguments of :func:`packager.graph.export` (e.g. ``truncate_dim``).
+        target, output, name, version, force, options, **target_options: see :func:`build_from_export`.
 
     Returns:
-        The model folder: ``<output>/<name>``.
+        The model folder.
     """
     from ..graph import export
 
-    if target not in TARGETS:
-        raise TargetError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    # Check the options before the (slow) export, so a typo fails in a second ...
-    if target == "triton":
-        from .triton import TritonOptions as cls
-    else:
-        from .tfserving import TFServingOptions as cls
-    # ... and the server release (a typo in --server-version or --image must not cost an export).
-    _target_server(target, _options(cls, target_options))
-    out = Path(output or DEFAULT_OUTPUT[target]).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    module = target_module(target)
+    opts = make_options(target, options, **target_options)
+    module.check(opts)  # a typo in a release or image must not cost an export
+    out = _output(target, output)
     # Export beside the output (same filesystem: the SavedModel's files are copied once, locally).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.packager-export-", dir=out.parent))
-    try:
-        manifest = export(model, tmp / "export", force=False)
+    with work_dir_beside(out) as tmp:
+        manifest = export(model, tmp / "export", force=False, **dict(export_options or {}))
         return build_from_export(tmp / "export", target=target, output=out, name=name, version=version,
-                                 force=force, manifest=manifest, **target_options)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                                 force=force, manifest=manifest, options=opts)
 
 
-# ------------------------------------------------------------------------------------------- CLI
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+def write_stack(target: str, repository: str | os.PathLike, name: str, options: Any = None, *,
+                compose_dir: str | os.PathLike = "compose", **overrides: Any) -> Path:
+    """Write the compose stack that serves a finished build to ``<compose_dir>/<stack>/``.
 
+    Args:
+        target: the build's target.
+        repository: the folder the build wrote (Triton model repository or TF-Serving base folder).
+        name: the served model name.
+        options: the build's target ``Options`` (backend, GPU, image and mount point carry over).
+        compose_dir: where stack folders go.
+        **overrides: any :class:`~packager.targets.compose.StackOptions` field.
+    """
+    from dataclasses import replace
 
-def add_cli_options(p: argparse.ArgumentParser) -> None:
-    """Add the target options to ``packager build`` (every default is None: the dataclass defaults apply)."""
-    p.add_argument("--name", help="served model name (sanitized to [a-z0-9_-]; default: from the model)")
-    p.add_argument("--version", type=int, help="version folder to write (default 1; other versions are kept)")
-    t = p.add_argument_group("triton")
-    t.add_argument("--backend", choices=["python", "tensorflow"],
-                   help="python (default: any Triton image, and `packager serve`) or tensorflow (images <= 25.02)")
-    t.add_argument("--max-batch-size", type=int, help="largest batch per execution (default 64)")
-    t.add_argument("--no-dynamic-batching", dest="dynamic_batching", action="store_const", const=False,
-                   help="turn Triton's dynamic batcher off")
-    t.add_argument("--preferred-batch-sizes", type=_int_list, help="e.g. 8,16,32")
-    t.add_argument("--max-queue-delay-us", type=int, help="dynamic batching queue delay (default 1000)")
-    t.add_argument("--instance-count", type=int, help="model instances (default 1)")
-    t.add_argument("--instance-kind", choices=["KIND_CPU", "KIND_GPU", "cpu", "gpu"], help="default KIND_CPU")
-    t.add_argument("--gpus", type=_int_list, help="GPU ids for KIND_GPU instances")
-    t.add_argument("--no-warmup", dest="warmup", action="store_const", const=False, help="no model_warmup")
-    t.add_argument("--image", help="Triton image the repository targets (TF backend: decides the op libraries' TF)")
-    t.add_argument("--repo-mount", help="where the repository is mounted in the container (default /models)")
-    t.add_argument("--max-string-bytes", type=int, help="python backend: longer strings are refused (default 262144)")
-    t.add_argument("--intra-op-threads", type=int, help="python backend: threads per TensorFlow op (default 0: one per core)")
-    t.add_argument("--inter-op-threads", type=int, help="python backend: TensorFlow ops run at once (default 0: TF's default)")
-    t.add_argument("--no-onednn", dest="onednn", action="store_const", const=False,
-                   help="python backend: turn TensorFlow's oneDNN rewrites off (on by default: fused matmul+GELU)")
-    p.add_argument("--server-version", help="server release to build for (Triton TF backend: 25.02; TF-Serving: 2.12 .. 2.20)")
-    s = p.add_argument_group("tfserving")
-    s.add_argument("--base-path-prefix", help="where the base folder is mounted in the container (default /models)")
-    s.add_argument("--num-batch-threads", type=int, help="batching threads (default 2)")
-    s.add_argument("--batch-timeout-us", type=int, help="batching timeout (default 1000)")
+    from .compose import write_stack as write_compose
 
-
-def cli_options(args: argparse.Namespace, target: str) -> dict:
-    """The options of ``args`` that ``target`` takes (None and the other target's options dropped)."""
-    from .tfserving import TFServingOptions
-    from .triton import TritonOptions
-
-    cls = TritonOptions if target == "triton" else TFServingOptions
-    known = {f.name for f in fields(cls)} | {"name", "version"}
-    return {k: v for k, v in vars(args).items() if k in known and v is not None}
+    module = target_module(target)
+    opts = make_options(target, options)
+    stack = module.stack(module.check(opts), name=name)
+    if overrides:
+        stack = replace(stack, **overrides)
+    return write_compose(Path(compose_dir) / stack.stack_name, stack, repository=repository)

@@ -32,13 +32,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import TargetError
-from . import render_template
+from ..servers import default_image
+from ..templating import render_template
+from ..writer import write_tree
 
-# Triton's TensorFlow backend ended with 25.02; the Python backend runs on any later image.
-TRITON_TF_IMAGE = "nvcr.io/nvidia/tritonserver:25.02-tf2-python-py3"
-TRITON_PY_BASE_IMAGE = "nvcr.io/nvidia/tritonserver:25.03-py3"
-TFSERVING_IMAGE = "tensorflow/serving:2.20.0"
-TFSERVING_GPU_IMAGE = "tensorflow/serving:2.20.0-gpu"
 # Ports inside the container (fixed; only the published host ports are options).
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 TFSERVING_PORTS = {"rest": 8501, "grpc": 8500}
@@ -173,8 +170,8 @@ class StackOptions:
     @property
     def default_base_image(self) -> str:
         if self.target == "tfserving":
-            return TFSERVING_GPU_IMAGE if self.gpu else TFSERVING_IMAGE
-        return TRITON_TF_IMAGE if self.backend == "tensorflow" else TRITON_PY_BASE_IMAGE
+            return default_image("tfserving", gpu=self.gpu)
+        return default_image("triton-tensorflow" if self.backend == "tensorflow" else "triton-python")
 
     @property
     def image_name(self) -> str:
@@ -351,61 +348,11 @@ def write_stack(stack_dir: str | Path, options: StackOptions, *, repository: str
     """
     import os
 
-    from .writer import write_tree
-
     stack_dir = Path(stack_dir).absolute()
     if repository is not None:
         options = replace(options, repository=os.path.relpath(Path(repository).absolute(), stack_dir))
     files = render_compose(options)
     return write_tree(stack_dir, files, force=force, replace=list(files))
-
-
-def options_for_build(target: str, name: str, target_options: Mapping[str, Any] | None = None,
-                      **overrides: Any) -> StackOptions:
-    """The stack options that match a ``packager build`` (its target options, as passed to
-    :func:`packager.targets.build`): backend, GPU instances, image and mount point carry over.
-
-    Args:
-        target: ``"triton"`` or ``"tfserving"``.
-        name: the served model name.
-        target_options: the build's options (``backend``, ``instance_kind``, ``image``, ``repo_mount``,
-            ``base_path_prefix``; others are ignored).
-        **overrides: any :class:`StackOptions` field (ports, bind_address, limits, image ...).
-    """
-    t = dict(target_options or {})
-    kw: dict[str, Any] = {"target": target, "model_name": name}
-    if target == "triton":
-        kw["backend"] = t.get("backend") or "python"
-        kw["gpu"] = str(t.get("instance_kind") or "").upper() in ("KIND_GPU", "GPU")
-        if t.get("repo_mount"):
-            kw["repo_mount"] = t["repo_mount"]
-        if t.get("image"):
-            # The TF backend runs the image the op libraries were built for; the Python backend
-            # builds its own image on top of the chosen Triton image.
-            kw["image" if kw["backend"] == "tensorflow" else "base_image"] = t["image"]
-    elif t.get("base_path_prefix"):
-        kw["repo_mount"] = t["base_path_prefix"]
-    kw.update(overrides)
-    return StackOptions(**kw)
-
-
-def build_stack(target: str, repository: str | Path, name: str, target_options: Mapping[str, Any] | None = None,
-                *, compose_dir: str | Path = "compose", **overrides: Any) -> Path:
-    """Write the stack for a finished ``packager build`` to ``<compose_dir>/<stack>/`` (what the CLI calls).
-
-    Args:
-        target: ``"triton"`` or ``"tfserving"``.
-        repository: the folder the build wrote (Triton model repository or TF-Serving base folder).
-        name: the served model name.
-        target_options: the build's target options (see :func:`options_for_build`).
-        compose_dir: where stack folders go.
-        **overrides: any :class:`StackOptions` field.
-
-    Returns:
-        The stack folder.
-    """
-    opts = options_for_build(target, name, target_options, **overrides)
-    return write_stack(Path(compose_dir) / opts.stack_name, opts, repository=repository)
 
 
 def main(argv: list[str] | None = None) -> int:

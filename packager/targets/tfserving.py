@@ -16,16 +16,26 @@ whether a server release has every op the graph uses is checked by packager.opli
 from __future__ import annotations
 
 import json
-import struct
-from dataclasses import dataclass
+import os
+import tempfile
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import TargetError
-from . import render_template
-from .writer import Content
+from ..files import require_sanitized
+from ..manifest import Manifest
+from ..options import opt
+from ..servers import Server, get_server
+from ..templating import render_template
+from ..writer import Content
+from .base import BuildContext, Layout
 
+if TYPE_CHECKING:
+    from .compose import StackOptions
+
+DEFAULT_OUTPUT = "tfserving_models"
 MODELS_CONFIG = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
@@ -50,18 +60,18 @@ class TFServingOptions:
         image: the TF-Serving image (default: the one of ``server_version``), recorded in the examples.
     """
 
-    base_path_prefix: str = "/models"
-    version_policy: str | tuple[int, ...] = "latest"
-    latest_versions: int = 1
-    max_batch_size: int = 64
-    batch_timeout_us: int = 1000
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 2
-    allowed_batch_sizes: tuple[int, ...] = ()
-    warmup: bool = True
-    warmup_texts: tuple[str, ...] = SAMPLE_TEXTS
-    server_version: str | None = None
-    image: str | None = None
+    base_path_prefix: str = opt("/models", "where the base folder is mounted in the container")
+    version_policy: str | tuple[int, ...] = opt("latest", "latest, all, or versions", cli=False)
+    latest_versions: int = opt(1, "how many versions 'latest' serves", cli=False)
+    max_batch_size: int = opt(64, "largest batch the server-wide batcher forms")
+    batch_timeout_us: int = opt(1000, "how long the batcher waits for a batch to fill (us)")
+    max_enqueued_batches: int = opt(100, "batches queued before requests are refused")
+    num_batch_threads: int = opt(2, "threads that run batches")
+    allowed_batch_sizes: tuple[int, ...] = opt((), "batch sizes the batcher pads to, ending with max_batch_size")
+    warmup: bool = opt(True, "write warmup requests (assets.extra/tf_serving_warmup_requests)")
+    warmup_texts: tuple[str, ...] = opt(SAMPLE_TEXTS, "warmup strings", cli=False)
+    server_version: str | None = opt(None, "the TF-Serving release to build for (2.12 .. 2.20; default 2.20)")
+    image: str | None = opt(None, "the TF-Serving image (default: the release's)")
 
     def __post_init__(self):
         problems = []
@@ -87,37 +97,19 @@ class TFServingOptions:
 
 
 # ------------------------------------------------------------------------------------------ TFRecords
-@lru_cache(maxsize=1)
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as TFRecord framing uses."""
-    table, crc = _crc32c_table(), 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def tfrecords(records: Sequence[bytes]) -> bytes:
-    """Frame serialized records as a TFRecord file (length, masked CRC of length, data, masked CRC of data)."""
-    out = bytearray()
-    for rec in records:
-        length = struct.pack("<Q", len(rec))
-        out += length + struct.pack("<I", _masked_crc(length)) + rec + struct.pack("<I", _masked_crc(rec))
-    return bytes(out)
+    """Serialized records framed as a TFRecord file (TensorFlow's own writer: lengths and masked CRC-32C)."""
+    import tensorflow as tf
+
+    fd, path = tempfile.mkstemp(suffix=".tfrecord")
+    os.close(fd)
+    try:
+        with tf.io.TFRecordWriter(path) as writer:
+            for rec in records:
+                writer.write(rec)
+        return Path(path).read_bytes()
+    finally:
+        os.unlink(path)
 
 
 # ------------------------------------------------------------------------------------------ protos
@@ -234,8 +226,8 @@ def render_batching_parameters(options: TFServingOptions) -> str:
     )
 
 
-def render(
-    manifest: Mapping,
+def render_files(
+    manifest: Manifest,
     savedmodel_dir: Path | None,
     *,
     name: str,
@@ -246,7 +238,7 @@ def render(
     """Everything under the base folder as ``{relative path: content}``.
 
     Args:
-        manifest: the export's ``packager.json``.
+        manifest: the export's manifest.
         savedmodel_dir: the exported SavedModel (``None``: text files only).
         name: the sanitized model name.
         version: the version folder.
@@ -255,17 +247,14 @@ def render(
     """
     from google.protobuf import text_format
 
-    from . import sanitize
-
-    if name != sanitize(name):
-        raise TargetError(f"model name {name!r} is not sanitized; use {sanitize(name)!r}")
+    require_sanitized(name)
     if version < 1:
         raise TargetError(f"version must be >= 1, not {version}")
     v = str(int(version))
-    input_key = manifest["input_key"]
+    input_key = manifest.input_key
     texts = list(options.warmup_texts) or list(SAMPLE_TEXTS)
     files: dict[str, Content] = {
-        MODELS_CONFIG: render_models_config(name, options, existing_models_config, manifest.get("packager_version", "?")),
+        MODELS_CONFIG: render_models_config(name, options, existing_models_config, manifest.packager_version),
         BATCHING_FILE: render_batching_parameters(options),
     }
     if savedmodel_dir is not None:
@@ -280,11 +269,48 @@ def render(
         "# tensorflow.serving.PredictRequest (text format) for PredictionService/Predict on port 8500\n"
         + text_format.MessageToString(predict_request(name, texts, input_key), as_utf8=True))
     files[f"{ex}/predict_grpc.py"] = render_template(
-        "tfserving/predict_grpc.py.j2", name=name, input_key=input_key, output_key=manifest["output_key"],
+        "tfserving/predict_grpc.py.j2", name=name, input_key=input_key, output_key=manifest.output_key,
         sample_texts=texts)
     return files
 
 
-def exclusive_paths(name: str, version: int) -> list[str]:
-    """What a build owns inside the base folder: its ``<name>/<version>`` (replaced only with force)."""
-    return [f"{name}/{int(version)}"]
+# ------------------------------------------------------------------------------------- the target API
+Options = TFServingOptions
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The options with the release resolved (``image`` filled in)."""
+
+    options: TFServingOptions
+    server: Server
+
+
+def check(options: TFServingOptions, export_dir: Path | None = None, manifest: Manifest | None = None) -> Plan:
+    """Resolve the release; with an export, refuse a graph it cannot run (each missing op named).
+
+    TF-Serving links the TF-Text ops itself, so nothing is copied beside the model.
+    """
+    srv = get_server("tfserving", options.server_version)
+    if export_dir is not None:
+        from ..compat import check_compatible
+
+        check_compatible(export_dir, srv)  # before anything is written: an op the server lacks fails here
+    return Plan(replace(options, image=options.image or srv.image), srv)
+
+
+def render(manifest: Manifest, export_dir: Path | None, *, ctx: BuildContext, plan: Plan) -> Layout:
+    """The base folder layout; ``models.config`` keeps the other models' entries."""
+    existing = ctx.output / MODELS_CONFIG
+    files = render_files(manifest, export_dir, name=ctx.name, version=ctx.version, options=plan.options,
+                         existing_models_config=existing.read_text(encoding="utf-8") if existing.is_file() else None)
+    return Layout(root=ctx.output, model_dir=ctx.output / ctx.name, files=files,
+                  exclusive=(f"{ctx.name}/{ctx.version}",), replace=(f"{EXAMPLES_DIR}/{ctx.name}",))
+
+
+def stack(plan: Plan, *, name: str) -> "StackOptions":
+    """The compose stack that serves this base folder."""
+    from .compose import StackOptions
+
+    return StackOptions(target="tfserving", model_name=name, repo_mount=plan.options.base_path_prefix,
+                        image=plan.options.image)

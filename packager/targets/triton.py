@@ -22,22 +22,25 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import TargetError
-from . import render_template
-from .writer import Content
+from ..files import require_sanitized
+from ..manifest import Manifest
+from ..options import opt
+from ..servers import Server, default_image, get_server, servers_of
+from ..templating import render_template
+from ..writer import Content
+from .base import BuildContext, Layout
+
+if TYPE_CHECKING:
+    from .compose import StackOptions
 
 BACKENDS = ("python", "tensorflow")
 KINDS = ("KIND_CPU", "KIND_GPU")
-# Triton's TensorFlow backend ended with 25.02; the Python backend runs on any image.
-TF_BACKEND_LAST_IMAGE = "nvcr.io/nvidia/tritonserver:25.02-tf2-python-py3"
-DEFAULT_IMAGES = {
-    "tensorflow": TF_BACKEND_LAST_IMAGE,
-    "python": "nvcr.io/nvidia/tritonserver:25.03-py3",
-}
+DEFAULT_OUTPUT = "model_repository"
 WARMUP_TEXT = "Warm-up: café, naïve résumé — 中文 tokens, emoji 🙂 and numbers 3.14!"
 OP_DIR = "ops"
 TARGET_INFO = "packager-target.json"
@@ -63,31 +66,34 @@ class TritonOptions:
         version_policy: ``"latest"``, ``"all"`` or a list of version numbers to serve.
         latest_versions: how many versions ``"latest"`` serves.
         max_string_bytes: python backend: longer strings get a per-request error (0: no limit).
-        server_version: tensorflow backend: the Triton release (packager.servers; default 25.02).
+        server_version: tensorflow backend: the Triton release (packager.servers; default 25.02). The
+            python backend runs packager's own pinned TensorFlow in any image, so it has no release to
+            pick and refuses the option (choose the image with ``image``).
         onednn: python backend: TensorFlow's oneDNN graph rewrites (fused MatMul + BiasAdd + GELU).
         intra_op_threads: python backend: threads per TensorFlow op (0: one per core).
         inter_op_threads: python backend: ops run at once (0: TensorFlow's default).
     """
 
-    backend: str = "python"
-    max_batch_size: int = 64
-    dynamic_batching: bool = True
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 1000
-    instance_count: int = 1
-    instance_kind: str = "KIND_CPU"
-    gpus: tuple[int, ...] = ()
-    warmup: bool = True
-    warmup_texts: tuple[str, ...] = (WARMUP_TEXT,)
-    image: str | None = None
-    repo_mount: str = "/models"
-    version_policy: str | tuple[int, ...] = "latest"
-    latest_versions: int = 1
-    max_string_bytes: int = 256 * 1024
-    server_version: str | None = None
-    onednn: bool = True
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+    backend: str = opt("python", "python (any Triton image, and `packager serve`) or tensorflow (images <= 25.02)",
+                       choices=BACKENDS)
+    max_batch_size: int = opt(64, "largest batch per model execution")
+    dynamic_batching: bool = opt(True, "Triton's dynamic batcher merges concurrent requests")
+    preferred_batch_sizes: tuple[int, ...] = opt((), "batch sizes the dynamic batcher aims for, e.g. 8,16,32")
+    max_queue_delay_us: int = opt(1000, "how long a request may wait for others to join its batch (us)")
+    instance_count: int = opt(1, "model instances (per GPU for KIND_GPU)")
+    instance_kind: str = opt("KIND_CPU", "where instances run", choices=("KIND_CPU", "KIND_GPU", "cpu", "gpu"))
+    gpus: tuple[int, ...] = opt((), "GPU ids for KIND_GPU instances (default: all)")
+    warmup: bool = opt(True, "run a real string through the model when it loads (model_warmup)")
+    warmup_texts: tuple[str, ...] = opt((WARMUP_TEXT,), "warmup strings", cli=False)
+    image: str | None = opt(None, "the Triton image the repository targets (TF backend: decides the op libraries' TF)")
+    repo_mount: str = opt("/models", "where the repository is mounted in the container")
+    version_policy: str | tuple[int, ...] = opt("latest", "latest, all, or versions", cli=False)
+    latest_versions: int = opt(1, "how many versions 'latest' serves", cli=False)
+    max_string_bytes: int = opt(256 * 1024, "python backend: longer strings get a per-request error (0: no limit)")
+    server_version: str | None = opt(None, "tensorflow backend: the Triton release (default 25.02)")
+    onednn: bool = opt(True, "python backend: TensorFlow's oneDNN rewrites (fused MatMul + BiasAdd + GELU)")
+    intra_op_threads: int = opt(0, "python backend: threads per TensorFlow op (0: one per core)")
+    inter_op_threads: int = opt(0, "python backend: TensorFlow ops run at once (0: TensorFlow's default)")
 
     def __post_init__(self):
         problems = []
@@ -124,12 +130,16 @@ class TritonOptions:
             problems.append("max_string_bytes must be >= 0")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             problems.append("thread counts must be >= 0 (0: TensorFlow's default)")
+        if self.server_version is not None and self.backend == "python":
+            problems.append(
+                f"server_version {self.server_version!r} does not apply to the python backend: it runs packager's "
+                "own pinned TensorFlow inside any Triton image (choose that image with image)")
         if problems:
             raise TargetError("invalid Triton options: " + "; ".join(problems))
 
     @property
     def image_tag(self) -> str:
-        return self.image or DEFAULT_IMAGES[self.backend]
+        return self.image or default_image("triton-tensorflow" if self.backend == "tensorflow" else "triton-python")
 
 
 def bytes_tensor_file(texts: Sequence[str | bytes]) -> bytes:
@@ -167,22 +177,14 @@ def warmup_samples(options: TritonOptions) -> list[dict]:
     return [{"name": f"sample_batch_{b}", "batch_size": b, "file": "sample"} for b in sizes]
 
 
-def _check_name(name: str) -> str:
-    from . import sanitize
-
-    if name != sanitize(name):
-        raise TargetError(f"model name {name!r} is not sanitized; use {sanitize(name)!r}")
-    return name
-
-
-def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image_tf: str | None = None) -> str:
+def render_config(manifest: Manifest, *, name: str, options: TritonOptions, image_tf: str | None = None) -> str:
     """Render ``config.pbtxt`` (a pure function of the export manifest and the options)."""
-    _check_name(name)
+    require_sanitized(name)
     policy = options.version_policy
     return render_template(
         "triton/config.pbtxt.j2",
-        packager_version=manifest.get("packager_version", "?"),
-        source=str(manifest.get("source", "")),
+        packager_version=manifest.packager_version,
+        source=manifest.source,
         name=name,
         backend=options.backend,
         image=options.image_tag,
@@ -190,16 +192,16 @@ def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image
         max_batch_size=options.max_batch_size,
         version_policy=policy if isinstance(policy, str) else [int(v) for v in policy],
         latest_versions=options.latest_versions,
-        input_key=manifest["input_key"],
-        output_key=manifest["output_key"],
-        dim=int(manifest["embedding_dim"]),
+        input_key=manifest.input_key,
+        output_key=manifest.output_key,
+        dim=manifest.output_dim,
         dynamic_batching=options.dynamic_batching,
         preferred_batch_sizes=list(options.preferred_batch_sizes),
         max_queue_delay_us=options.max_queue_delay_us,
         instance_count=options.instance_count,
         instance_kind=options.instance_kind,
         gpus=list(options.gpus),
-        op_libraries=list(manifest.get("op_libraries", [])),
+        op_libraries=list(manifest.op_libraries),
         op_dir=OP_DIR,
         repo_mount=options.repo_mount.rstrip("/") or "",
         warmup=warmup_samples(options),
@@ -208,27 +210,27 @@ def render_config(manifest: Mapping, *, name: str, options: TritonOptions, image
     )
 
 
-def render_model_py(manifest: Mapping, *, name: str, options: TritonOptions) -> str:
+def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) -> str:
     """Render the python backend's ``model.py`` for this export."""
-    _check_name(name)
+    require_sanitized(name)
     return render_template(
         "triton/model.py.j2",
-        packager_version=manifest.get("packager_version", "?"),
-        source=str(manifest.get("source", "")),
+        packager_version=manifest.packager_version,
+        source=manifest.source,
         name=name,
-        input_key=manifest["input_key"],
-        output_key=manifest["output_key"],
-        op_libraries=list(manifest.get("op_libraries", [])),
-        dim=int(manifest["embedding_dim"]),
-        max_seq_length=int(manifest.get("max_seq_length", 0)),
+        input_key=manifest.input_key,
+        output_key=manifest.output_key,
+        op_libraries=list(manifest.op_libraries),
+        dim=manifest.output_dim,
+        max_seq_length=manifest.max_seq_length,
         max_string_bytes=options.max_string_bytes,
-        tensorflow=str(manifest.get("tensorflow", "")),
-        tensorflow_text=str(manifest.get("tensorflow_text", "")),
+        tensorflow=manifest.tensorflow,
+        tensorflow_text=manifest.tensorflow_text,
     )
 
 
-def render(
-    manifest: Mapping,
+def render_files(
+    manifest: Manifest,
     savedmodel_dir: Path | None,
     *,
     name: str,
@@ -240,7 +242,7 @@ def render(
     """Everything under ``<repo>/<name>/`` as ``{relative path: content}``.
 
     Args:
-        manifest: the export's ``packager.json``.
+        manifest: the export's manifest.
         savedmodel_dir: the exported SavedModel (``None`` renders only the text files, for previews/tests).
         name: the sanitized model name.
         version: the version folder to write.
@@ -260,12 +262,11 @@ def render(
     if options.backend == "python":
         files[f"{v}/model.py"] = render_model_py(manifest, name=name, options=options)
     else:
-        needed = list(manifest.get("op_libraries", []))
         libs = dict(op_library_files or {})
-        missing = [lib for lib in needed if lib not in libs]
+        missing = [lib for lib in manifest.op_libraries if lib not in libs]
         if missing:
             raise TargetError(f"the tensorflow backend needs op libraries built for {options.image_tag}: missing {', '.join(missing)}")
-        for lib in needed:
+        for lib in manifest.op_libraries:
             files[f"{OP_DIR}/{lib}"] = Path(libs[lib])
     if options.warmup:
         files["warmup/sample"] = bytes_tensor_file(options.warmup_texts[:1])
@@ -274,19 +275,106 @@ def render(
         "image": options.image_tag,
         "image_tensorflow": image_tf,
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
-        "export": {k: manifest.get(k) for k in ("source", "name", "embedding_dim", "max_seq_length", "tensorflow",
-                                                "tensorflow_text", "op_libraries", "input_key", "output_key")},
+        "export": {k: v for k, v in manifest.to_dict().items()
+                   if k in ("source", "name", "task", "output_dim", "max_seq_length", "tensorflow", "tensorflow_text",
+                            "op_libraries", "inputs", "output_key")},
         "version": int(version),
     }
     files[TARGET_INFO] = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
     return files
 
 
-def exclusive_paths(version: int) -> list[str]:
-    """What a build owns inside ``<repo>/<name>/``: its version folder (replaced only with force)."""
-    return [str(int(version))]
+# ------------------------------------------------------------------------------------- the target API
+Options = TritonOptions
 
 
-def shared_paths() -> list[str]:
-    """Model-level artifacts every build regenerates (stale ones must not survive)."""
-    return ["warmup", OP_DIR]
+@dataclass(frozen=True)
+class Plan:
+    """The options with everything server-specific resolved.
+
+    Attributes:
+        options: the options, ``image`` filled in for the TensorFlow backend.
+        server: the TF-backend release (``None`` for the python backend).
+        op_library_files: TF backend: op library name -> a ``.so`` built for that release's TF.
+    """
+
+    options: TritonOptions
+    server: Server | None = None
+    op_library_files: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def image_tf(self) -> str | None:
+        return self.server.tensorflow if self.server else None
+
+
+def resolve_server(options: TritonOptions) -> Server | None:
+    """The TF-backend release a build targets (None for the python backend).
+
+    Raises:
+        TargetError: an unknown release, or an image whose TF packager has no op libraries for.
+    """
+    if options.backend != "tensorflow":
+        return None
+    if options.image:
+        known = {s.image: s for s in servers_of("triton-tensorflow")}
+        if options.image not in known:
+            raise TargetError(
+                f"no op libraries are known for {options.image!r}: the tensorflow backend needs TF-Text kernels "
+                f"built for the exact TensorFlow inside the image. Supported images: {', '.join(known)}"
+            )
+        return known[options.image]
+    return get_server("triton-tensorflow", options.server_version)
+
+
+def check(options: TritonOptions, export_dir: Path | None = None, manifest: Manifest | None = None) -> Plan:
+    """Resolve the server; with an export, check its ops there and fetch the TF backend's op libraries.
+
+    Raises:
+        TargetError: an unknown release or image, or a graph the release cannot run (each op named).
+    """
+    from ..compat import check_compatible
+
+    srv = resolve_server(options)
+    if srv is None:
+        if export_dir is not None:
+            check_compatible(export_dir, get_server("triton-python"))
+        return Plan(options)
+    options = replace(options, image=srv.image)
+    if export_dir is None:
+        return Plan(options, srv)
+    from ..oplibs import fetch_op_libraries
+
+    check_compatible(export_dir, srv)
+    needed = list((manifest or _read(export_dir)).op_libraries)
+    paths = fetch_op_libraries(srv.tensorflow_text, python_version=srv.python or "3.12", libraries=needed) if needed else []
+    return Plan(options, srv, {Path(p).name: Path(p) for p in paths})
+
+
+def _read(export_dir: Path) -> Manifest:
+    from ..manifest import read
+
+    return read(export_dir)
+
+
+def render(manifest: Manifest, export_dir: Path | None, *, ctx: BuildContext, plan: Plan) -> Layout:
+    """The repository layout: ``<output>/<name>/`` written beside (not inside) the repository's staging."""
+    files = render_files(manifest, export_dir, name=ctx.name, version=ctx.version, options=plan.options,
+                         op_library_files=plan.op_library_files, image_tf=plan.image_tf)
+    model_dir = ctx.output / ctx.name
+    # Stage beside the repository, not in it: Triton refuses to start on a folder it cannot load.
+    return Layout(root=model_dir, model_dir=model_dir, files=files, exclusive=(str(ctx.version),),
+                  replace=("warmup", OP_DIR), staging=ctx.output.parent)
+
+
+def stack(plan: Plan, *, name: str) -> "StackOptions":
+    """The compose stack for this build: backend, GPU instances, image and mount point carry over."""
+    from .compose import StackOptions
+
+    o = plan.options
+    kw = {"target": "triton", "model_name": name, "backend": o.backend, "gpu": o.instance_kind == "KIND_GPU",
+          "repo_mount": o.repo_mount}
+    if o.image:
+        # The TF backend runs the image the op libraries were built for; the Python backend
+        # builds its own image on top of the chosen Triton image.
+        kw["image" if o.backend == "tensorflow" else "base_image"] = o.image
+    return StackOptions(**kw)

@@ -886,9 +886,10 @@ def cached_probe(kind: str, component, fn):
     """
     import hashlib
     import os
-    from pathlib import Path
 
     import tokenizers
+
+    from ..settings import cache_dir
 
     desc = "null" if component is None else component.__getstate__()
     if isinstance(desc, bytes):
@@ -896,8 +897,8 @@ def cached_probe(kind: str, component, fn):
     key = hashlib.sha256(f"{kind}|{tokenizers.__version__}|{desc}".encode()).hexdigest()[:32]
     if key in _PROBE_CACHE:
         return _PROBE_CACHE[key]
-    root = os.environ.get("PACKAGER_CACHE", str(Path.home() / ".cache" / "packager"))
-    path = None if root == "off" else Path(root) / "probes" / f"{kind}-{key}.npz"
+    folder = cache_dir("probes")
+    path = None if folder is None else folder / f"{kind}-{key}.npz"
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
