@@ -57,3 +57,10 @@ def make_corpus(n: int = 2048, long_share: float = 0.1, seed: int = 0) -> list[s
         else:
             out.append(passage(rng, rng.choice([1, 1, 1, 2, 2, 3])))
     return out
+
+
+def make_long_corpus(n: int = 400, seed: int = 2) -> list[str]:
+    """``n`` uniformly long texts: passages of 30-45 sentences (about 400-600 tokens), so every one is
+    truncated to ``max_seq_length`` (256 for the default model) and every batch is fully dense."""
+    rng = random.Random(seed)
+    return [passage(rng, rng.randint(30, 45)) for _ in range(n)]

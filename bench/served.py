@@ -1,9 +1,21 @@
-"""Served throughput: the exported graph behind a real local tritonserver, against in-process.
+"""Served throughput: the exported graph behind a real local tritonserver, against infinity-emb and in-process.
 
 Called by ``bench/run.py`` (``--served``, on by default in ``make bench``); it can also run alone
 on an existing export::
 
     .venv/bin/python bench/served.py EXPORT_DIR [--texts 512] [--concurrency 1,4,16]
+
+Two measurements live here.
+
+:func:`bench_served_peers` (what ``bench/run.py`` runs): ``packager serve``'s Triton and infinity-emb
+(``--engine optimum --pooling-method mean``, its own venv) up at the same time on 127.0.0.1, loaded in
+turn, rounds interleaved, by the SAME plain HTTP client (``http.client``, one keep-alive connection per
+client thread, JSON bodies both ways: Triton's KServe v2 ``/v2/models/<m>/infer`` and infinity's
+OpenAI-style ``/embeddings``). Every request is one sentence; C = 1, 4, 16 client threads share a fixed
+list of texts. Both servers' answers are first compared with sentence-transformers.
+
+:func:`bench_served` (``--served-vs-inprocess``): Triton over tritonclient HTTP and gRPC against the
+same graph in-process, as described below.
 
 What is measured: ``C`` client threads (C = 1, 4, 16), each sending requests of ``request_batch``
 sentences (default 1: online traffic, the case Triton's dynamic batcher exists for) back to back until
@@ -16,9 +28,14 @@ costs for the same work. Triton's own statistics give the batch size it actually
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import os
+import signal
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -147,6 +164,272 @@ def bench_served(export_dir: Path, texts: list[str], *, workdir: Path,
                  f"p99 {row['latency_p99_ms'] or 0:7.1f} ms  batch {row['mean_server_batch']:.1f}  "
                  f"{row['ratio_to_in_process']:.2f}x in-process  errors {row['errors']}")
     return {"config": config, "in_process": {str(k): v for k, v in reference.items()}, "runs": rows}
+
+
+# ------------------------------------------------------------------ side by side with infinity-emb
+class PlainClient:
+    """One keep-alive HTTP/1.1 connection, JSON in and out: the same client for every server."""
+
+    def __init__(self, host: str, port: int, timeout: float = 60.0):
+        self.host, self.port, self.timeout = host, port, timeout
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def _do(self, method: str, path: str, body: bytes | None):
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # reconnect on the next request
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            raise
+
+    def post(self, path: str, obj: dict) -> dict:
+        status, raw = self._do("POST", path, json.dumps(obj).encode())
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {raw[:300]!r}")
+        return json.loads(raw)
+
+    def get(self, path: str) -> int:
+        return self._do("GET", path, None)[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def triton_request(model: str, input_key: str, output_key: str):
+    path = f"/v2/models/{model}/infer"
+
+    def request(client: PlainClient, texts: list[str]) -> np.ndarray:
+        out = client.post(path, {"inputs": [{"name": input_key, "shape": [len(texts), 1], "datatype": "BYTES",
+                                             "data": list(texts)}],
+                                 "outputs": [{"name": output_key}]})["outputs"][0]
+        return np.asarray(out["data"], np.float32).reshape(out["shape"])
+
+    return request
+
+
+def infinity_request(model: str):
+    def request(client: PlainClient, texts: list[str]) -> np.ndarray:
+        data = client.post("/embeddings", {"model": model, "input": list(texts)})["data"]
+        return np.asarray([d["embedding"] for d in sorted(data, key=lambda d: d["index"])], np.float32)
+
+    return request
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class InfinityServer:
+    """infinity-emb (``v2 --engine optimum --pooling-method mean``) from a peer venv, on 127.0.0.1.
+
+    Run from ``folder`` with ``--model-id .`` (``model.onnx`` at the folder root: an absolute path
+    breaks optimum-onnx's file lookup). ``HF_HOME`` is a fresh folder per run: infinity caches its
+    optimized ONNX under ``<hub cache>/infinity_onnx/<provider>/<model id>``, which for ``.`` is the
+    same path for every model, so a cache kept across runs would serve another model's graph.
+    """
+
+    def __init__(self, python: str | Path, folder: Path, *, workdir: Path, batch_size: int = 32,
+                 ready_timeout: float = 300.0, name: str = "bench"):
+        self.exe = Path(python).parent / "infinity_emb"
+        self.folder, self.workdir, self.batch_size = Path(folder), Path(workdir), batch_size
+        self.ready_timeout, self.name = ready_timeout, name
+        self.port = _free_port()
+        self.log_file = self.workdir / "infinity.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "InfinityServer":
+        env = dict(os.environ, HF_HOME=str(self.workdir / "infinity-hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   INFINITY_ANONYMOUS_USAGE_STATS="0", DO_NOT_TRACK="1")
+        env.pop("PYTHONPATH", None)
+        cmd = [str(self.exe), "v2", "--model-id", ".", "--served-model-name", self.name, "--engine", "optimum",
+               "--pooling-method", "mean", "--device", "cpu", "--batch-size", str(self.batch_size),
+               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        self._log = open(self.log_file, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=self.folder, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"infinity exited ({self.proc.returncode}); log tail:\n{self.log_tail()}")
+            try:
+                c = PlainClient("127.0.0.1", self.port, timeout=2)
+                if c.get("/health") == 200:
+                    c.close()
+                    return self
+            except OSError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"infinity not ready within {self.ready_timeout:.0f} s; log tail:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_file.read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=wait)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _plain_load(request, port: int, texts: list[str], concurrency: int, timeout: float = 60.0) -> dict:
+    """``concurrency`` threads, each with its own connection, share ``texts`` one sentence per request."""
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[str] = []
+    start = threading.Barrier(concurrency + 1, timeout=timeout * 2)
+
+    def client(i: int) -> None:
+        c = PlainClient("127.0.0.1", port, timeout=timeout)
+        mine = texts[i::concurrency]
+        try:
+            request(c, mine[:1])  # connect + warm this connection
+        except Exception as exc:  # noqa: BLE001
+            errors.append(str(exc)[:200])
+        start.wait()
+        for t in mine:
+            s = time.perf_counter()
+            try:
+                request(c, [t])
+            except Exception as exc:  # noqa: BLE001 - counted and reported, never hidden
+                errors.append(str(exc)[:200])
+                continue
+            lat[i].append(time.perf_counter() - s)
+        c.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(timeout * max(1, len(texts)))
+    elapsed = time.perf_counter() - t0
+    flat = [x for per in lat for x in per]
+    return {"sentences_per_s": len(flat) / elapsed, "seconds": elapsed, "requests": len(flat), "errors": len(errors),
+            "first_error": errors[0] if errors else None, "lat_ms": [x * 1e3 for x in flat]}
+
+
+def _accuracy(got: np.ndarray, ref: np.ndarray) -> dict:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    return {"n": int(len(ref)), "max_abs_diff": float(np.abs(got - ref).max()), "min_cosine": float(cos.min())}
+
+
+def _rtt(port: int, path: str, n: int = 200) -> float:
+    c = PlainClient("127.0.0.1", port, timeout=10)
+    c.get(path)
+    lat = []
+    for _ in range(n):
+        s = time.perf_counter()
+        c.get(path)
+        lat.append(time.perf_counter() - s)
+    c.close()
+    return float(np.percentile(lat, 50) * 1e3)
+
+
+def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, infinity_folder: Path | None,
+                       texts: list[str], reference: np.ndarray, *, workdir: Path, threads: int,
+                       concurrency=CONCURRENCY, rounds: int = 3, max_batch_size: int = 64,
+                       max_queue_delay_us: int = 1000, echo=print) -> dict:
+    """packager's Triton vs infinity-emb, single-sentence requests, the same plain HTTP client.
+
+    ``reference``: sentence-transformers' embeddings of ``texts[:len(reference)]`` (parity first).
+    infinity is skipped (and the reason recorded) when its venv or folder is missing or it fails to start.
+    """
+    from packager import INPUT_KEY, OUTPUT_KEY
+    from packager.serve import TritonServer
+    from packager.targets import build_from_export
+
+    repo = Path(tempfile.mkdtemp(prefix="served-repo-", dir=workdir))
+    model_dir = build_from_export(export_dir, target="triton", output=repo, name="bench", force=True,
+                                  max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                  intra_op_threads=threads, inter_op_threads=1)
+    config = {"triton": {"backend": "python", "max_batch_size": max_batch_size,
+                         "max_queue_delay_us": max_queue_delay_us, "intra_op_threads": threads, "inter_op_threads": 1},
+              "infinity": {"engine": "optimum", "pooling_method": "mean", "batch_size": 32},
+              "texts": len(texts), "rounds": rounds, "request": "one sentence, JSON over HTTP/1.1 keep-alive",
+              "concurrency": list(concurrency)}
+    result = {"config": config, "accuracy": {}, "http_rtt_ms": {}, "runs": [], "errors": {}}
+    inf_ctx = None
+    with TritonServer(repo) as srv:
+        servers = {"triton": (srv.http_port, triton_request(model_dir.name, INPUT_KEY, OUTPUT_KEY), "/v2/health/ready")}
+        if infinity_python and infinity_folder:
+            try:
+                inf_ctx = InfinityServer(infinity_python, infinity_folder, workdir=workdir).__enter__()
+                servers["infinity"] = (inf_ctx.port, infinity_request(inf_ctx.name), "/health")
+                echo(f"   infinity-emb up on 127.0.0.1:{inf_ctx.port}")
+            except RuntimeError as exc:
+                result["errors"]["infinity"] = str(exc)[-2000:]
+                echo(f"   infinity-emb FAILED: {str(exc).splitlines()[0]}")
+        else:
+            result["errors"]["infinity"] = "no infinity venv or model folder (see bench/peers)"
+        try:
+            for name, (port, request, health) in servers.items():  # parity before timing
+                c = PlainClient("127.0.0.1", port)
+                got = np.concatenate([request(c, [t]) for t in texts[:len(reference)]])
+                c.close()
+                result["accuracy"][name] = _accuracy(got, reference)
+                result["http_rtt_ms"][name] = _rtt(port, health)
+                echo(f"   {name:<9} vs st: max abs {result['accuracy'][name]['max_abs_diff']:.2e}, "
+                     f"min cos {result['accuracy'][name]['min_cosine']:.6f}; HTTP round trip "
+                     f"{result['http_rtt_ms'][name]:.2f} ms")
+            names = list(servers)
+            for c in concurrency:
+                for name in names:  # warm-up at this concurrency
+                    _plain_load(servers[name][1], servers[name][0], texts[: max(4 * c, 8)], c)
+                per = {n: [] for n in names}
+                batches = {n: [] for n in names}
+                for r in range(rounds):
+                    for name in names[r % len(names):] + names[: r % len(names)]:
+                        if name == "triton":
+                            inf0, exe0 = _server_batches(srv, model_dir.name)
+                        per[name].append(_plain_load(servers[name][1], servers[name][0], texts, c))
+                        if name == "triton":
+                            inf1, exe1 = _server_batches(srv, model_dir.name)
+                            batches[name].append((inf1 - inf0) / max(exe1 - exe0, 1))
+                row = {"concurrency": c}
+                for name in names:
+                    runs = per[name]
+                    sps = sorted(x["sentences_per_s"] for x in runs)
+                    lat = [v for x in runs for v in x["lat_ms"]]
+                    row[name] = {"sentences_per_s": statistics.median(sps), "min": sps[0], "max": sps[-1],
+                                 "latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+                                 "latency_p99_ms": float(np.percentile(lat, 99)) if lat else None,
+                                 "errors": sum(x["errors"] for x in runs),
+                                 "first_error": next((x["first_error"] for x in runs if x["first_error"]), None)}
+                    if batches[name]:
+                        row[name]["mean_server_batch"] = statistics.median(batches[name])
+                if "infinity" in row:
+                    row["ratio"] = row["triton"]["sentences_per_s"] / row["infinity"]["sentences_per_s"]
+                result["runs"].append(row)
+                echo(f"   served c={c:>2}: " + "  ".join(
+                    f"{n} {row[n]['sentences_per_s']:7.1f}/s p50 {row[n]['latency_p50_ms'] or 0:6.1f} ms "
+                    f"p99 {row[n]['latency_p99_ms'] or 0:6.1f} ms err {row[n]['errors']}" for n in names)
+                     + (f"  ratio {row['ratio']:.2f}x" if "ratio" in row else ""))
+        finally:
+            if inf_ctx:
+                inf_ctx.stop()
+    return result
 
 
 def main(argv=None) -> int:
