@@ -32,11 +32,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import docker_env
 import numpy as np
 import pytest
 import yaml
 
-import docker_env
 from packager.errors import TargetError
 from packager.targets.kubernetes import (
     EXAMPLES,
@@ -549,7 +549,7 @@ class KubeletPod:
             kwargs["restart_policy"] = {"Name": "on-failure"}
         return self.client.containers.run(**{k: v for k, v in kwargs.items() if v is not None})
 
-    def start(self, init_timeout: float = 300) -> "KubeletPod":
+    def start(self, init_timeout: float = 300) -> KubeletPod:
         from packager.serve import free_port
 
         volumes = self._volumes()
@@ -598,9 +598,11 @@ class KubeletPod:
         raise AssertionError(f"{kind} {url} never succeeded: {self.logs(container['name'])}")
 
     def logs(self, name: str, tail: int = 60) -> str:
+        import docker.errors
+
         try:
             return self.containers[name].logs(tail=tail).decode(errors="replace")
-        except Exception as exc:  # the container may be gone
+        except (KeyError, docker.errors.APIError) as exc:  # never started, or already removed
             return f"(no logs: {exc})"
 
     def stop(self) -> None:

@@ -29,17 +29,18 @@ URL stays data. Model names are sanitized to ``[a-z0-9_-]`` before they get here
 
 Example:
     >>> files = render(KubernetesOptions(), model_name="minilm")
-    >>> sorted(f for f in files if f.startswith("overlays/"))[:2]
-    ['overlays/cpu/kustomization.yaml', 'overlays/gpu/deployment-gpu.yaml']
+    >>> sorted(f for f in files if f.startswith("overlays/"))
+    ['overlays/cpu/kustomization.yaml', 'overlays/gpu/args-gpu.yaml', 'overlays/gpu/deployment-gpu.yaml', 'overlays/gpu/kustomization.yaml']
 """
 from __future__ import annotations
 
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ..errors import TargetError
 from . import render_template
@@ -93,7 +94,7 @@ class KubernetesOptions:
         gpu_server_image: the tritonserver image of the GPU overlay (default: ``server_image``; the
             python backend's Dockerfile installs the GPU-enabled ``tensorflow`` wheel by default).
         image_pull_policy: ``IfNotPresent``, ``Always`` or ``Never``.
-        repo_mount: where the server sees the repository (the build's ``--repo-mount``; the tensorflow
+        repo_mount: where the server sees the repository (the build's ``repo_mount``; the tensorflow
             backend's op library paths are absolute under it).
         repository_size: ``sizeLimit`` of the repository emptyDir (image source).
         min_replicas, max_replicas: the autoscaler's range (the Deployment leaves ``replicas`` to it).
@@ -585,7 +586,7 @@ def validate_kubernetes(obj: Mapping, versions: Iterable[str]) -> list[str]:
 
 def _k8s_type_validators(version: str):
     """A function validating a value against one Kubernetes type (``V1ResourceRequirements`` ...)."""
-    import importlib.resources as resources
+    from importlib import resources
 
     import jsonschema
     import referencing
@@ -600,7 +601,7 @@ def _k8s_type_validators(version: str):
     names = defs["$defs"]
 
     def check(value: Any, type_name: str) -> list[str]:
-        short = type_name[2:] if type_name.startswith("V1") else type_name
+        short = type_name.removeprefix("V1")
         keys = [k for k in names if k.endswith(f".v1.{short}")]
         keys.sort(key=lambda k: (not k.startswith("io.k8s.api.core."), k))
         if not keys:
@@ -696,8 +697,8 @@ def validate_inference_service(obj: Mapping, versions: Iterable[str] = ("1.33",)
 def validate_service_monitor(obj: Mapping) -> list[str]:
     """Check a ServiceMonitor against the prometheus-operator CRD's models (see :func:`validate`)."""
     try:
-        from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
         import pydantic
+        from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
     except ImportError as exc:
         raise TargetError("pip install cloudcoil-models-prometheus-operator to validate ServiceMonitors") from exc
     try:
@@ -729,11 +730,6 @@ def _dropped(given: Any, kept: Any, path: str = "") -> list[str]:
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 EXAMPLES = {DEFAULT_MODEL_NAME: dict()}
 """The bundles committed in ``kubernetes/`` (regenerate with ``python -m packager.targets.kubernetes``)."""
-
-
-def options_dict(options: KubernetesOptions) -> dict[str, Any]:
-    """The options as JSON-able data (tuples as lists), e.g. for a build record."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
