@@ -386,20 +386,26 @@ def repository(tmp_path_factory) -> Path:
     return root
 
 
+CPU_CONFIG = """# a python-backend config as packager renders it (comments are dropped from the GPU copy)
+name: "all-minilm-l6-v2"
+backend: "python"
+max_batch_size: 64
+version_policy: { latest: { num_versions: 1 } }
+input [ { name: "input_sequence" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "sentence_embedding" data_type: TYPE_FP32 dims: [ 384 ] } ]
+dynamic_batching { max_queue_delay_microseconds: 1000 }
+instance_group [ { count: 3 kind: KIND_CPU } ]
+parameters: { key: "onednn" value: { string_value: "1" } }
+model_warmup [ { name: "sample_batch_1" batch_size: 1 inputs: { key: "input_sequence"
+  value: { data_type: TYPE_STRING dims: [ 1 ] input_data_file: "sample" } } } ]
+"""
+
+
 def test_gpu_config_changes_only_instance_kind_when_derived_from_config():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from packager.targets.triton import TritonOptions, render_config
-
-    manifest = {"input_key": "input_sequence", "output_key": "sentence_embedding", "embedding_dim": 384,
-                "op_libraries": [], "packager_version": "0", "source": "x"}
-    try:
-        cpu_text = render_config(manifest, name=MODEL, options=TritonOptions(instance_count=3))
-    except AttributeError:  # render_config takes the Manifest dataclass (packager.manifest) now
-        from packager.manifest import Manifest
-
-        cpu_text = render_config(Manifest.from_dict(manifest), name=MODEL, options=TritonOptions(instance_count=3))
+    cpu_text = CPU_CONFIG
     cpu, gpu = model_config_pb2.ModelConfig(), model_config_pb2.ModelConfig()
     text_format.Parse(cpu_text, cpu)
     text_format.Parse(gpu_config(cpu_text), gpu)
