@@ -474,6 +474,17 @@ def test_convert_weights_keeps_views_of_the_checkpoint_when_weights_are_float32(
     assert np.shares_memory(spec.layers[1].gate_w, w["layers.1.mlp.Wi.weight"])
 
 
+@pytest.mark.parametrize("fixture", ["tiny_mpnet", "tiny_modernbert", "tiny_qwen3"])
+def test_build_encoder_empties_the_weights_and_gives_the_same_states_when_consuming_them(fixture, request):
+    model_dir = request.getfixturevalue(fixture)
+    cfg = _hf_config(model_dir)
+    weights = load_weights(model_dir / "model.safetensors")
+    consumed = build_encoder(cfg["model_type"], cfg, weights, consume_weights=True)
+    assert weights == {}
+    ids, mask = _batch_for(fixture, model_dir, [11, 3], seed=3)
+    np.testing.assert_array_equal(_run(consumed, ids, mask), _run(_encoder(model_dir), ids, mask))
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
 def test_load_weights_returns_float32_equal_to_torch_when_safetensors_holds_other_float_types(dtype, tmp_path):
     from safetensors.torch import save_file

@@ -4,20 +4,21 @@ from __future__ import annotations
 from .spec import PostLNWeights, PreNormWeights
 
 
-def build(weights, *, unpad: bool = True, name: str = "encoder"):
+def build(weights, *, unpad: bool = True, release: bool = False, name: str = "encoder"):
     """A :class:`~packager.encoders.layers.ChunkedEncoder` for ``convert_weights``' output.
 
     Args:
         weights: :class:`~packager.encoders.spec.PostLNWeights` or :class:`~packager.encoders.spec.PreNormWeights`.
         unpad: per-token layers on real tokens only (True, the serving path) or the padded layout.
+        release: empty ``weights`` as its arrays become variables (see ``layers.take_layers``).
         name: module name.
     """
     if isinstance(weights, PostLNWeights):
         from .layers import PostLNEncoder
 
-        return PostLNEncoder(weights, unpad=unpad, name=name)
+        return PostLNEncoder(weights, unpad=unpad, release=release, name=name)
     if isinstance(weights, PreNormWeights):
         from .pre_norm import PreNormEncoder
 
-        return PreNormEncoder(weights, unpad=unpad, name=name)
+        return PreNormEncoder(weights, unpad=unpad, release=release, name=name)
     raise TypeError(f"no forward pass for {type(weights).__name__}")

@@ -56,6 +56,27 @@ def variable(value: np.ndarray, name: str) -> tf.Variable:
 
 
 
+def take(spec, attr: str, release: bool):
+    """``spec.attr``, and with ``release`` set it to None, so the caller's last reference goes."""
+    value = getattr(spec, attr)
+    if release:
+        setattr(spec, attr, None)
+    return value
+
+
+def take_layers(spec, release: bool):
+    """``enumerate(spec.layers)``; with ``release`` each layer leaves the list as it is handed out,
+    so its arrays can be freed once its variables exist (the export then never holds the
+    checkpoint twice, when the caller dropped its own references: ``build_encoder(consume_weights=True)``)."""
+    if not release:
+        yield from enumerate(spec.layers)
+        return
+    index = 0
+    while spec.layers:
+        yield index, spec.layers.pop(0)
+        index += 1
+
+
 def layer_norm(x, gamma, beta, eps: float):
     """LayerNorm over the last axis, biased variance, as ``torch.nn.LayerNorm`` (``beta`` may be None)."""
     mean = tf.reduce_mean(x, axis=-1, keepdims=True)
@@ -193,10 +214,11 @@ class PostLNEncoder(ChunkedEncoder):
             non-empty batch must have at least one real token (tokenizers always add specials).
             False keeps the padded layout throughout and HF's values at padded positions. Both
             layouts compile under XLA (``jit_compile=True``; not enabled here).
+        release: empty ``weights`` (arrays set to None, layers popped) as they become variables.
         name: module name.
     """
 
-    def __init__(self, weights: PostLNWeights, *, unpad: bool = True, name: str = "encoder"):
+    def __init__(self, weights: PostLNWeights, *, unpad: bool = True, release: bool = False, name: str = "encoder"):
         super().__init__(name=name)
         w = weights
         self.unpad = bool(unpad)
@@ -207,14 +229,14 @@ class PostLNEncoder(ChunkedEncoder):
         self.eps = float(w.layer_norm_eps)
         self.padding_idx = None if w.padding_idx is None else int(w.padding_idx)
         self.max_positions = int(w.position_embeddings.shape[0])
-        self.word_embeddings = variable(w.word_embeddings, "word_embeddings")
-        self.position_embeddings = variable(w.position_embeddings, "position_embeddings")
+        self.word_embeddings = variable(take(w, "word_embeddings", release), "word_embeddings")
+        self.position_embeddings = variable(take(w, "position_embeddings", release), "position_embeddings")
         self.embed_ln_g = variable(w.embed_ln[0], "embeddings_layer_norm_gamma")
         self.embed_ln_b = variable(w.embed_ln[1], "embeddings_layer_norm_beta")
-        self.layers = [Layer(lw, self.num_heads, i) for i, lw in enumerate(w.layers)]
+        self.layers = [Layer(lw, self.num_heads, i) for i, lw in take_layers(w, release)]
         if w.relative_bias is not None:
             self.relative_span = (int(w.relative_bias.shape[1]) + 1) // 2
-            self.relative_bias = variable(w.relative_bias, "relative_attention_bias")
+            self.relative_bias = variable(take(w, "relative_bias", release), "relative_attention_bias")
         else:
             self.relative_bias = None
 

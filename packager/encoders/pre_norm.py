@@ -23,7 +23,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from .layers import MASK_VALUE, ChunkedEncoder, layer_norm, packing, rms_norm, variable
+from .layers import MASK_VALUE, ChunkedEncoder, layer_norm, packing, rms_norm, take, take_layers, variable
 from .activations import activation
 from .rope import inverse_frequencies
 from .spec import PreNormLayer, PreNormWeights
@@ -100,10 +100,12 @@ class PreNormEncoder(ChunkedEncoder):
         unpad: see :class:`~packager.encoders.layers.PostLNEncoder`. Padded positions come out as
             zeros; with ``unpad=False`` they hold finite values (a fully masked query row attends
             uniformly instead of producing NaN) that no pooling mode reads.
+        release: empty ``weights`` (arrays set to None, layers popped) as they become variables.
         name: module name.
     """
 
-    def __init__(self, weights: PreNormWeights, *, unpad: bool = True, name: str = "encoder"):
+    def __init__(self, weights: PreNormWeights, *, unpad: bool = True, release: bool = False,
+                 name: str = "encoder"):
         super().__init__(name=name)
         w = weights
         self.unpad = bool(unpad)
@@ -113,10 +115,10 @@ class PreNormEncoder(ChunkedEncoder):
         self.eps = float(w.norm_eps)
         self.norm_kind = w.norm
         self.activation_name = w.activation
-        self.word_embeddings = variable(w.word_embeddings, "word_embeddings")
+        self.word_embeddings = variable(take(w, "word_embeddings", release), "word_embeddings")
         self.embed_norm = _norm_variables(w.embed_norm, "embed_norm")
         self.final_norm = _norm_variables(w.final_norm, "final_norm")
-        self.layers = [PreNormLayerModule(lw, w, i) for i, lw in enumerate(w.layers)]
+        self.layers = [PreNormLayerModule(lw, w, i) for i, lw in take_layers(w, release)]
         # Small per-theta tables; constants are fine at this size (head_dim / 2 floats each).
         self.inv_freq = {t: inverse_frequencies(t, self.head_dim) for t in sorted({l.rope_theta for l in self.layers})}
 
