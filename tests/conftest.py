@@ -103,3 +103,9 @@ def tiny_xlmr(tmp_path_factory) -> Path:
 def tiny_xlmr_tokenizer_json_only(tmp_path_factory) -> Path:
     """Tiny XLM-R that ships tokenizer.json (Unigram) but no sentencepiece.bpe.model."""
     return tiny_models.make_xlmr(tmp_path_factory.mktemp("tiny_xlmr_json"), keep_spm_model=False, seed=5)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A tiny BERT reranker (one label, Sigmoid), saved by sentence-transformers 6's CrossEncoder."""
+    return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce"))

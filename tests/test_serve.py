@@ -208,6 +208,34 @@ def test_verify_url_passes_parity_when_server_is_live(server, model_dirs, corpus
     assert report.ok, report.render()
 
 
+@pytest.mark.parametrize("url_attr,protocol", [("http_url", "http"), ("grpc_url", "grpc")])
+def test_client_names_served_models_when_model_name_is_wrong(server, url_attr, protocol):
+    with pytest.raises(ServerError, match=r"has no ready model 'no-such-model' \(ready models: minilm, tiny\)"):
+        embedder(getattr(server, url_attr), "no-such-model", protocol=protocol)
+
+
+@pytest.mark.parametrize("url_attr,protocol", [("grpc_url", "http"), ("http_url", "grpc"), ("http_url", "tfserving")])
+def test_client_gives_one_clear_error_when_protocol_does_not_match_the_port(server, url_attr, protocol):
+    url = getattr(server, url_attr)
+    url = url if "://" in url or protocol == "grpc" else f"http://{url}"
+    with pytest.raises(ServerError) as err:
+        embedder(url, "tiny", protocol=protocol)(["hello"])
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert url in message
+
+
+def test_verify_and_embed_cli_print_one_line_when_server_is_unreachable(tmp_path):
+    for cmd in (["verify", "--url", "http://127.0.0.1:9", "--model", "x"],
+                ["embed", "hi", "--url", "127.0.0.1:9", "--model", "x"]):
+        out = subprocess.run([sys.executable, "-m", "packager", *cmd], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: cannot reach a Triton"), out.stderr
+        assert "Traceback" not in out.stderr
+
+
 def test_serve_refuses_tensorflow_backend_repository_with_advice_when_checked(tmp_path):
     model = tmp_path / "repo" / "m"
     model.mkdir(parents=True)

@@ -119,3 +119,13 @@ def test_resolve_model_finds_snapshot_when_in_hf_cache(default_model_dir, tmp_pa
 ])
 def test_sanitize_name_keeps_only_safe_chars_when_name_hostile(raw, expected):
     assert sanitize_name(raw) == expected
+
+
+def test_read_spec_refuses_cross_encoder_before_any_tracing_when_model_is_a_reranker(tiny_cross_encoder, tmp_path):
+    from packager.graph import export
+
+    with pytest.raises(UnsupportedError, match="CrossEncoder"):
+        read_spec(tiny_cross_encoder)
+    with pytest.raises(UnsupportedError, match="CrossEncoder"):
+        export(tiny_cross_encoder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -219,3 +219,35 @@ def _randomize(model, seed: int) -> None:
 
 def describe(path: Path) -> dict:
     return json.loads((Path(path) / "modules.json").read_text())
+
+
+def make_cross_encoder(root: Path, *, model_type: str = "bert", num_labels: int = 1, activation=None,
+                       max_length: int | None = 64, seed: int = 6) -> Path:
+    """A tiny sentence-transformers 6 CrossEncoder (a reranker) built on a tiny bi-encoder's tokenizer.
+
+    ``model_type`` ``"bert"`` gives ``[CLS] a [SEP] b [SEP]`` with token types; ``"xlm-roberta"`` a
+    SentencePiece tokenizer with ``<s> a </s></s> b </s>``. ``activation`` is a torch module class
+    (default: CrossEncoder's own, Sigmoid for one label, Identity otherwise).
+    """
+    import torch
+    import transformers as tr
+    from sentence_transformers import CrossEncoder
+
+    root = Path(root)
+    bi = make_xlmr(root / "bi", seed=seed) if model_type == "xlm-roberta" else make_bert(root / "bi", seed=seed)
+    hf_dir = root / "hf"
+    cfg = tr.AutoConfig.from_pretrained(str(bi))
+    cfg.num_labels = num_labels
+    cls = tr.XLMRobertaForSequenceClassification if model_type == "xlm-roberta" else tr.BertForSequenceClassification
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    _randomize(model, seed)
+    model.save_pretrained(str(hf_dir))
+    tr.AutoTokenizer.from_pretrained(str(bi)).save_pretrained(str(hf_dir))
+    kwargs = {"max_length": max_length} if max_length else {}
+    if activation is not None:
+        kwargs["activation_fn"] = activation()
+    ce = CrossEncoder(str(hf_dir), device="cpu", **kwargs)
+    out = root / "ce"
+    ce.save(str(out))
+    return out
