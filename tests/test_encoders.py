@@ -19,10 +19,19 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
-from packager.encoders import SUPPORTED_MODEL_TYPES, architecture, build_encoder, convert  # noqa: E402
-from packager.encoders.activations import ACTIVATIONS, TORCH_ACTIVATIONS, torch_name_to_activation  # noqa: E402
-from packager.encoders.weights import load_weights  # noqa: E402
-from packager.errors import ModelError, UnsupportedError  # noqa: E402
+from packager.encoders import (
+    SUPPORTED_MODEL_TYPES,
+    architecture,
+    build_encoder,
+    convert,
+)
+from packager.encoders.activations import (
+    ACTIVATIONS,
+    TORCH_ACTIVATIONS,
+    torch_name_to_activation,
+)
+from packager.encoders.weights import load_weights
+from packager.errors import ModelError, UnsupportedError
 
 TOL = 1e-5
 TINY = ["tiny_bert", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr"]
@@ -145,9 +154,9 @@ def _qwen3_config(**kw):
     import transformers as tr
 
     # GQA: 4 query heads on 2 kv heads; head_dim 16 != hidden / heads (12).
-    args = dict(vocab_size=130, hidden_size=48, intermediate_size=56, num_hidden_layers=3, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, rope_theta=1000.0, rms_norm_eps=1e-6, pad_token_id=0,
-                max_position_embeddings=256)
+    args = {"vocab_size": 130, "hidden_size": 48, "intermediate_size": 56, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 1000.0,
+            "rms_norm_eps": 1e-6, "pad_token_id": 0, "max_position_embeddings": 256}
     args.update(kw)
     return tr.Qwen3Config(**args)
 
@@ -678,10 +687,16 @@ def _bpe_tokenizer(path: Path, padding_side: str, post: str):
     ``post``: ``"eos"`` appends ``<|endoftext|>`` (as Qwen3-Embedding's tokenizer does), ``"roberta"``
     wraps in ``<s> ... </s>``.
     """
-    import transformers as tr
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
     import tiny_models
+    import transformers as tr
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     specials = ["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>"]
     tok = Tokenizer(models.BPE())
@@ -708,7 +723,11 @@ def _st_model(root: Path, arch: str) -> Path:
     ModernBERT + mean + Normalize, or RoBERTa + cls (right padding)."""
     import transformers as tr
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        Transformer,
+    )
 
     hf_dir = root / "hf"
     tok = _bpe_tokenizer(hf_dir, "left" if arch == "qwen3" else "right", "eos" if arch == "qwen3" else "roberta")

@@ -17,13 +17,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import UnsupportedError
 
 
 def _tf():
-    import tensorflow as tf  # noqa: PLC0415 - deliberately lazy: keep this module TF-free at import
+    import tensorflow as tf
 
     return tf
 

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from .activations import ACTIVATIONS, activation, check_activation  # noqa: F401 - the one table, re-exported
-from .spec import LayerWeights, PostLNWeights  # noqa: F401 - LayerWeights re-exported for callers
+from .spec import LayerWeights, PostLNWeights
 
 # Chunks of a sorted batch hold about this many (padded) tokens: enough rows for efficient matmuls,
 # few enough that a chunk's rows have similar lengths (measured in bench/chunking.py).

@@ -23,8 +23,17 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from .layers import MASK_VALUE, ChunkedEncoder, layer_norm, packing, rms_norm, take, take_layers, variable
 from .activations import activation
+from .layers import (
+    MASK_VALUE,
+    ChunkedEncoder,
+    layer_norm,
+    packing,
+    rms_norm,
+    take,
+    take_layers,
+    variable,
+)
 from .rope import inverse_frequencies
 from .spec import PreNormLayer, PreNormWeights
 
@@ -139,7 +148,7 @@ class PreNormEncoder(ChunkedEncoder):
         """
         shape = tf.shape(input_ids)
         batch, seq = shape[0], shape[1]
-        Hq, Hkv, G, d = self.num_heads, self.num_kv_heads, self.groups, self.head_dim
+        Hq, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         flat_ids = tf.reshape(input_ids, [-1])
         pos = tf.range(seq, dtype=tf.int32) + tf.cast(position_offset, tf.int32)
         flat_pos = tf.reshape(tf.broadcast_to(pos[tf.newaxis, :], shape), [-1])

@@ -8,8 +8,10 @@ over the padded batch, sliding layers) is as in :mod:`packager.encoders.qwen3`.
 from __future__ import annotations
 
 from .qwen3 import DEFAULTS as QWEN3_DEFAULTS
-from .qwen3 import convert_qwen_style
-from .qwen3 import convert_weights  # noqa: F401 - same checkpoint names; the config says which parts exist
+from .qwen3 import (
+    convert_qwen_style,
+    convert_weights,  # noqa: F401 - same checkpoint names; the config says which parts exist
+)
 
 DEFAULTS = {k: v for k, v in QWEN3_DEFAULTS.items() if k not in ("head_dim", "attention_bias")}
 
