@@ -87,6 +87,7 @@ def test_find_cycle_reports_cycle_when_two_modules_import_each_other():
 @pytest.mark.parametrize("module", [
     "packager.source", "packager.manifest", "packager.files", "packager.settings", "packager.options",
     "packager.servers", "packager.targets.compose", "packager.tokenizers.pretokenize", "packager.encoders",
+    "packager.tokenizers.hf", "packager.tokenizers.spm", "packager.tokenizers.bpe_model",
 ])
 def test_module_imports_no_tensorflow_when_imported_alone(module):
     """What the CLI imports to refuse a bad model or option fast must not pull in TensorFlow."""

@@ -61,27 +61,32 @@ Example (a subclass)::
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from ..errors import UnsupportedError
-
-MAX_CODEPOINT = 0x10FFFF
-N_CODEPOINTS = MAX_CODEPOINT + 1
-REPLACEMENT_CHAR = 0xFFFD
-SURROGATES = range(0xD800, 0xE000)
-
-# Rust `regex` `\s` (Unicode White_Space), which HF uses for added tokens' lstrip/rstrip.
-# Stable since Unicode 6.3 (U+180E left it); the tests re-derive it from `tokenizers` itself.
-WHITE_SPACE = (
-    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680]
-    + list(range(0x2000, 0x200B))
-    + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+# The TF-free analysis (hf.py) and the ragged helpers (ragged.py) are what every tokenizer graph
+# builds on; they are importable from here too, as the one entry point of the skeleton.
+from .hf import (  # noqa: F401
+    MAX_CODEPOINT,
+    N_CODEPOINTS,
+    REPLACEMENT_CHAR,
+    WHITE_SPACE,
+    AddedToken,
+    NormalizedTable,
+    PostProcessor,
+    added_tokens,
+    all_codepoints,
+    cached_probe,
+    probe_normalizer,
+    probe_pretokenizer,
+    probe_white_space,
+    probe_word_chars,
+    tokenizer_json,
 )
+from .ragged import mask_rows, repeat_range, rowids, splits_from_lengths  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------ strings
@@ -101,38 +106,7 @@ def encode_utf8(codepoints: tf.RaggedTensor) -> tf.Tensor:
     return tf.strings.unicode_encode(codepoints, "UTF-8")
 
 
-def all_codepoints() -> np.ndarray:
-    """Every Unicode scalar value 0..0x10FFFF except the surrogates, as an int array (for probing)."""
-    cps = np.arange(N_CODEPOINTS, dtype=np.int64)
-    return cps[(cps < 0xD800) | (cps >= 0xE000)]
-
-
 # ------------------------------------------------------------------------------------ ragged plumbing
-# TF's own row-id helpers (``tf.repeat``, ``RaggedTensor.value_rowids``, ``tf.ragged.boolean_mask``)
-# build a [rows, longest row] mask internally: a 1 MB sentence next to many short pieces would
-# need gigabytes. These are O(values) (or O(values * log rows)) instead.
-def splits_from_lengths(lengths: tf.Tensor) -> tf.Tensor:
-    """int64 row lengths ``[R]`` -> row splits ``[R + 1]``."""
-    return tf.concat([tf.zeros([1], tf.int64), tf.cumsum(tf.cast(lengths, tf.int64))], 0)
-
-
-def rowids(splits: tf.Tensor) -> tf.Tensor:
-    """Row splits ``[R + 1]`` -> the row of every value ``[splits[-1]]`` (int64)."""
-    splits = tf.cast(splits, tf.int64)
-    return tf.searchsorted(splits, tf.range(splits[-1]), side="right", out_type=tf.int64) - 1
-
-
-def repeat_range(lengths: tf.Tensor) -> tf.Tensor:
-    """``tf.repeat(tf.range(R), lengths)``, without the [R, max(lengths)] intermediate."""
-    return rowids(splits_from_lengths(lengths))
-
-
-def mask_rows(rt: tf.RaggedTensor, keep: tf.Tensor) -> tf.RaggedTensor:
-    """The rows of a ragged ``[R, (n)]`` tensor where ``keep`` is true (``tf.ragged.boolean_mask``)."""
-    rt = rt.with_row_splits_dtype(tf.int64)
-    lens = tf.boolean_mask(rt.row_lengths(), keep)
-    values = tf.boolean_mask(rt.values, tf.gather(keep, rowids(rt.row_splits)))
-    return tf.RaggedTensor.from_row_splits(values, splits_from_lengths(lens), validate=False)
 
 
 # ------------------------------------------------------------------------------- code point tables
@@ -217,7 +191,7 @@ class CodepointMap(tf.Module):
         mapped = slot >= 0
         safe = tf.maximum(slot, 0)
         lens = tf.where(mapped, tf.gather(tf.constant(self._lens_np), safe), tf.ones_like(slot))
-        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        out_splits = splits_from_lengths(lens)
         total = out_splits[-1]
         out_rowids = repeat_range(lens)
         within = tf.range(total) - tf.gather(out_splits, out_rowids)
@@ -243,40 +217,6 @@ class CodepointMap(tf.Module):
 
 
 # ------------------------------------------------------------------------------------ tokenizer.json
-def tokenizer_json(hf_tokenizer) -> dict:
-    """The backend ``tokenizers`` JSON of a transformers fast tokenizer (or a ``tokenizers.Tokenizer``)."""
-    backend = getattr(hf_tokenizer, "backend_tokenizer", hf_tokenizer)
-    return json.loads(backend.to_str())
-
-
-@dataclass(frozen=True)
-class AddedToken:
-    """One HF added token (special or not), as the backend stores it."""
-
-    content: str
-    id: int
-    single_word: bool = False
-    lstrip: bool = False
-    rstrip: bool = False
-    normalized: bool = True
-    special: bool = False
-
-
-def added_tokens(tokenizer_json_: dict) -> list[AddedToken]:
-    """The added tokens of a tokenizer.json dict, in file order (empty contents dropped)."""
-    out = []
-    for t in tokenizer_json_.get("added_tokens") or []:
-        if not t.get("content"):
-            continue
-        out.append(
-            AddedToken(
-                content=t["content"], id=int(t["id"]), single_word=bool(t.get("single_word", False)),
-                lstrip=bool(t.get("lstrip", False)), rstrip=bool(t.get("rstrip", False)),
-                normalized=bool(t.get("normalized", not t.get("special", False))),
-                special=bool(t.get("special", False)),
-            )
-        )
-    return out
 
 
 class Pieces(NamedTuple):
@@ -418,7 +358,7 @@ class AddedTokenMatcher(tf.Module):
             nonws_pos = tf.where(non_ws)[:, 0]
             n_total = tf.size(nonws_pos, out_type=tf.int64)
             nonws_pos = tf.concat([nonws_pos, tf.reshape(n, [1])], 0)  # sentinel: gathers stay in bounds
-            n_nonws_before = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(tf.cast(non_ws, tf.int64))], 0)  # [N+1]
+            n_nonws_before = splits_from_lengths(tf.cast(non_ws, tf.int64))  # [N+1]
             # rstrip: stop moves to the first non-space at or after it (inside the row)
             kk = tf.gather(n_nonws_before, m_stop)
             next_nonws = tf.where(kk < n_total, tf.gather(nonws_pos, kk), n)
@@ -438,13 +378,13 @@ class AddedTokenMatcher(tf.Module):
         n_m = tf.math.bincount(tf.cast(m_row, tf.int32), minlength=tf.cast(nrows, tf.int32),
                                maxlength=tf.cast(nrows, tf.int32), dtype=tf.int64)
         pts_per_row = 2 * n_m + 2
-        pts_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(pts_per_row)], 0)
+        pts_splits = splits_from_lengths(pts_per_row)
         n_pts = pts_splits[-1]
         pts_rid = repeat_range(pts_per_row)
         within = tf.range(n_pts) - tf.gather(pts_splits, pts_rid)
         last_in_row = within == tf.gather(pts_per_row, pts_rid) - 1
         # match boundary j (1-based inside the row) -> flat match index
-        m_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(n_m)], 0)
+        m_splits = splits_from_lengths(n_m)
         m_flat = tf.gather(m_splits, pts_rid) + tf.maximum(within - 1, 0) // 2
         # pad with one dummy match so gathers stay in bounds when a batch has no match at all
         m_start_p = tf.concat([m_start, tf.zeros([1], tf.int64)], 0)
@@ -478,20 +418,20 @@ def _whole_rows_as_pieces(rows: tf.RaggedTensor) -> Pieces:
     keep = lens > 0
     pieces = mask_rows(rows, keep)
     per_row = tf.cast(keep, tf.int64)
-    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(per_row)], 0)
+    row_splits = splits_from_lengths(per_row)
     p = pieces.nrows()
     return Pieces(pieces, tf.fill([p], tf.constant(-1, tf.int64)), row_splits, tf.ones([p], tf.bool))
 
 
 def _pieces_from_intervals(v, splits, nrows, lo, hi, row, token_id) -> Pieces:
     lens = hi - lo
-    p_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+    p_splits = splits_from_lengths(lens)
     p_rid = repeat_range(lens)
     src = tf.gather(lo, p_rid) + tf.range(p_splits[-1]) - tf.gather(p_splits, p_rid)
     cps = tf.RaggedTensor.from_row_splits(tf.gather(v, src), p_splits, validate=False)
     per_row = tf.math.bincount(tf.cast(row, tf.int32), minlength=tf.cast(nrows, tf.int32),
                                maxlength=tf.cast(nrows, tf.int32), dtype=tf.int64)
-    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(per_row)], 0)
+    row_splits = splits_from_lengths(per_row)
     is_first = lo == tf.gather(splits, row)
     return Pieces(cps, token_id, row_splits, is_first)
 
@@ -522,7 +462,7 @@ def _split_normalized(pieces_in: Pieces, normalized: tf.RaggedTensor, matcher: A
     n_sub = tf.concat([sub.row_splits[1:] - sub.row_splits[:-1], tf.zeros([1], tf.int64)], 0)
     text_idx = tf.cumsum(tf.cast(is_text, tf.int64)) - 1
     count = tf.where(is_text, tf.gather(n_sub, tf.maximum(text_idx, 0)), 1)
-    out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(count)], 0)
+    out_splits = splits_from_lengths(count)
     # positions of the sub-pieces and of the first-pass added pieces in the output order
     text_pos_piece = tf.boolean_mask(tf.range(tf.size(is_text, out_type=tf.int64)), is_text)
     sub_parent = tf.gather(text_pos_piece, sub_rowids(sub))
@@ -545,7 +485,7 @@ def _split_normalized(pieces_in: Pieces, normalized: tf.RaggedTensor, matcher: A
     # pieces per original row
     piece_row = rowids(pieces_in.row_splits)
     out_rows_count = tf.math.unsorted_segment_sum(count, piece_row, tf.size(pieces_in.row_splits) - 1)
-    row_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(out_rows_count)], 0)
+    row_splits = splits_from_lengths(out_rows_count)
     return Pieces(cps, tf.gather(all_ids, order_src), row_splits, tf.gather(all_first, order_src))
 
 
@@ -554,69 +494,6 @@ def sub_rowids(p: Pieces) -> tf.Tensor:
 
 
 # ------------------------------------------------------------------------------------ post-processing
-@dataclass(frozen=True)
-class PostProcessor:
-    """Special tokens the HF post-processor puts around a single sentence.
-
-    Attributes:
-        prefix: ids before the content (e.g. ``[CLS]``).
-        suffix: ids after the content (e.g. ``[SEP]``).
-    """
-
-    prefix: tuple[int, ...] = ()
-    suffix: tuple[int, ...] = ()
-
-    @property
-    def n_special(self) -> int:
-        return len(self.prefix) + len(self.suffix)
-
-    @classmethod
-    def from_tokenizer_json(cls, tj: dict) -> "PostProcessor":
-        """Read ``post_processor``: TemplateProcessing, BertProcessing, RobertaProcessing, Sequence or none.
-
-        Raises:
-            UnsupportedError: any other post-processor, or a template that is not
-                ``specials* $A specials*``.
-        """
-        return cls._from(tj.get("post_processor"))
-
-    @classmethod
-    def _from(cls, pp: dict | None) -> "PostProcessor":
-        if not pp:
-            return cls()
-        kind = pp.get("type")
-        if kind in ("BertProcessing", "RobertaProcessing"):
-            return cls((int(pp["cls"][1]),), (int(pp["sep"][1]),))
-        if kind == "ByteLevel":  # offsets only
-            return cls()
-        if kind == "Sequence":
-            found = [cls._from(p) for p in pp.get("processors", [])]
-            found = [f for f in found if f.n_special]
-            if len(found) > 1:
-                raise UnsupportedError("post_processor Sequence with more than one special-token processor")
-            return found[0] if found else cls()
-        if kind == "TemplateProcessing":
-            specials = pp.get("special_tokens", {})
-            prefix, suffix, seen_a = [], [], False
-            for item in pp.get("single", []):
-                if "Sequence" in item:
-                    if item["Sequence"].get("id", "A") != "A" or seen_a:
-                        raise UnsupportedError(f"unsupported TemplateProcessing single template {pp.get('single')}")
-                    seen_a = True
-                elif "SpecialToken" in item:
-                    name = item["SpecialToken"]["id"]
-                    if name not in specials:
-                        raise UnsupportedError(f"TemplateProcessing special token {name!r} has no ids")
-                    (suffix if seen_a else prefix).extend(int(i) for i in specials[name]["ids"])
-                else:
-                    raise UnsupportedError(f"unsupported TemplateProcessing item {item}")
-            if not seen_a:
-                raise UnsupportedError("TemplateProcessing single template has no $A sequence")
-            return cls(tuple(prefix), tuple(suffix))
-        raise UnsupportedError(
-            f"unsupported tokenizer post_processor {kind!r}. Supported: TemplateProcessing, BertProcessing, "
-            "RobertaProcessing, ByteLevel, Sequence of those"
-        )
 
 
 def finalize(ids: tf.RaggedTensor, post: PostProcessor, max_seq_length: int, pad_id: int,
@@ -826,201 +703,5 @@ def _merge_piece_ids(is_text: tf.Tensor, text_ids: tf.RaggedTensor, added_ids: t
 
 
 # ------------------------------------------------------------------------------------ probing helpers
-def probe_word_chars() -> np.ndarray:
-    """0/1 per code point: Rust regex ``\\w`` as the installed ``tokenizers`` sees it.
-
-    Derived from ``tokenizers`` itself (a single_word added token "Z" matches in ``c + "Z"`` only
-    when ``c`` is not a word character), so it follows HF's Unicode tables, not TF's or Python's.
-    """
-    from tokenizers import AddedToken as HFAddedToken
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-
-    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.add_special_tokens([HFAddedToken("\U0010FFFD", single_word=True, normalized=False)])
-    marker = tok.token_to_id("\U0010FFFD")
-    cps = all_codepoints()
-    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
-    chunk = 1 << 16
-    for i in range(0, cps.size, chunk):
-        part = cps[i: i + chunk]
-        encs = tok.encode_batch([chr(int(c)) + "\U0010FFFD" for c in part], add_special_tokens=False)
-        matched = np.array([marker in e.ids for e in encs])
-        out[part] = (~matched).astype(np.int32)
-    out[0x10FFFD] = 0
-    return out
 
 
-def probe_white_space(codepoints: Iterable[int] | None = None) -> np.ndarray:
-    """0/1 per code point: Rust regex ``\\s`` as ``tokenizers``' lstrip sees it (for tests).
-
-    Probes ``c + M`` for each code point c (all of them by default; about 15 s), where M is an
-    lstrip added token: M swallows c exactly when c is white space.
-    """
-    from tokenizers import AddedToken as HFAddedToken
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-
-    marker = "\U0010FFFD"
-    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.add_special_tokens([HFAddedToken(marker, lstrip=True, normalized=False)])
-    cps = all_codepoints() if codepoints is None else np.asarray(list(codepoints), dtype=np.int64)
-    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
-    for i in range(0, cps.size, 1 << 16):
-        part = cps[i: i + (1 << 16)]
-        encs = tok.encode_batch([chr(int(c)) + marker for c in part], add_special_tokens=False)
-        out[part] = np.array([len(e.ids) == 1 for e in encs], dtype=np.int32)
-    out[0x10FFFD] = 0
-    return out
-
-
-_PROBE_CACHE: dict[str, object] = {}
-
-
-def cached_probe(kind: str, component, fn):
-    """``fn(component)``, memoised in memory and on disk by the component's JSON and the version
-    of ``tokenizers`` (probing every code point costs seconds; the result never changes).
-
-    The disk cache lives in ``$PACKAGER_CACHE`` or ``~/.cache/packager/probes``; set
-    ``PACKAGER_CACHE=off`` to disable it. A corrupt or unreadable cache file is ignored.
-    """
-    import hashlib
-    import os
-
-    import tokenizers
-
-    from ..settings import cache_dir
-
-    desc = "null" if component is None else component.__getstate__()
-    if isinstance(desc, bytes):
-        desc = desc.decode("utf-8", "replace")
-    key = hashlib.sha256(f"{kind}|{tokenizers.__version__}|{desc}".encode()).hexdigest()[:32]
-    if key in _PROBE_CACHE:
-        return _PROBE_CACHE[key]
-    folder = cache_dir("probes")
-    path = None if folder is None else folder / f"{kind}-{key}.npz"
-    if path is not None and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                value = _from_npz(z)
-            _PROBE_CACHE[key] = value
-            return value
-        except Exception:  # noqa: BLE001 - a broken cache file is just a miss
-            pass
-    value = fn(component)
-    _PROBE_CACHE[key] = value
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, **_to_npz(value))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return value
-
-
-def _to_npz(value) -> dict:
-    if isinstance(value, np.ndarray):
-        return {"array": value}
-    return {"keys": value.keys, "splits": value.splits, "chars": value.chars}
-
-
-def _from_npz(z):
-    if "array" in z.files:
-        return z["array"]
-    return NormalizedTable(z["keys"], z["splits"], z["chars"])
-
-
-_ALL_CHARS: list[str] = []
-
-
-def _all_chars() -> str:
-    """Every code point except the surrogates, as one string (probing order = ``all_codepoints()``)."""
-    if not _ALL_CHARS:
-        _ALL_CHARS.append("".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, N_CODEPOINTS))))
-    return _ALL_CHARS[0]
-
-
-class NormalizedTable(NamedTuple):
-    """The code points a normalizer changes, and what each becomes (numpy arrays).
-
-    Attributes:
-        keys: int64 ``[K]`` sorted code points whose normalized form differs from themselves.
-        splits: int64 ``[K + 1]``: ``chars[splits[i]:splits[i+1]]`` is the normalized form of ``keys[i]``.
-        chars: int32 code points of all normalized forms, concatenated.
-    """
-
-    keys: np.ndarray
-    splits: np.ndarray
-    chars: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.splits)
-
-    def as_dict(self) -> dict[int, str]:
-        text = "".join(map(chr, self.chars.tolist()))
-        sp = self.splits.tolist()
-        return {k: text[sp[i]: sp[i + 1]] for i, k in enumerate(self.keys.tolist())}
-
-
-def probe_normalizer(normalizer, chunk: int = 8192, separator: str = "0") -> NormalizedTable:
-    """``normalizer.normalize_str(chr(c))`` for every code point c (surrogates skipped), fast.
-
-    Calls the HF normalizer on chunks of code points joined by ``separator`` (a starter that every
-    supported normalizer keeps as is, so nothing reorders or composes across it), and falls back to
-    one call per code point for any chunk that does not split back cleanly. ``None`` = identity.
-
-    Returns:
-        a :class:`NormalizedTable` of every code point whose output differs from itself.
-    """
-    keys: list[int] = []
-    outs: list[str] = []
-    if normalizer is not None:
-        norm = normalizer.normalize_str
-        sep_ok = norm(separator * 3) == separator * 3
-        chars = _all_chars()
-        for i in range(0, len(chars), chunk):
-            part = chars[i: i + chunk]
-            parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
-            if parts is None or len(parts) != len(part):
-                parts = [norm(ch) for ch in part]
-            for ch, p in zip(part, parts):
-                if p != ch:
-                    keys.append(ord(ch))
-                    outs.append(p)
-    lens = np.array([len(o) for o in outs], dtype=np.int64)
-    return NormalizedTable(
-        np.array(keys, dtype=np.int64),
-        np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        np.array([ord(c) for o in outs for c in o], dtype=np.int32),
-    )
-
-
-def probe_pretokenizer(pre_tokenizer, chunk: int = 8192) -> np.ndarray:
-    """Per code point, how an HF pre-tokenizer treats it inside a word: 0 = part of the word,
-    1 = a separator that is dropped (whitespace), 2 = a separate one-character word (punctuation).
-
-    Runs all code points, in order, through the pre-tokenizer (chunks of ``chunk``): a code point
-    covered by no piece is a separator; one inside a longer piece is a word character; a piece of
-    one character is ambiguous (punctuation, or a letter between two separators) and is probed
-    again as ``"a" + c + "a"``. ``None`` (no pre-tokenizer) gives all zeros.
-    """
-    out = np.zeros(N_CODEPOINTS, dtype=np.int32)
-    if pre_tokenizer is None:
-        return out
-    cps = all_codepoints()
-    chars = _all_chars()
-    covered = np.zeros(cps.size, dtype=np.int64)
-    for i in range(0, len(chars), chunk):
-        for _, (s, e) in pre_tokenizer.pre_tokenize_str(chars[i: i + chunk]):
-            covered[i + s: i + e] = e - s
-    cls = np.where(covered == 0, 1, 0)
-    for j in np.flatnonzero(covered == 1):
-        pieces = pre_tokenizer.pre_tokenize_str("a" + chars[j] + "a")
-        cls[j] = {1: 0, 2: 1, 3: 2}.get(len(pieces), -1)
-        if cls[j] < 0:
-            raise UnsupportedError(f"pre-tokenizer behaves unexpectedly around U+{int(cps[j]):04X}: {pieces}")
-    out[cps] = cls
-    return out

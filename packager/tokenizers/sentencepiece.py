@@ -62,10 +62,7 @@ so any TF >= 2.12 server loads the graph without op libraries.
 """
 from __future__ import annotations
 
-import json
 import logging
-import struct
-from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -79,10 +76,41 @@ from .common import (
     CodepointMap,
     InGraphTokenizer,
     RangeTable,
-    cached_probe,
     repeat_range,
     rowids,
     splits_from_lengths,
+)
+from .ragged import doubling_rounds, mark_ancestors, pointer_doubling
+from .spm import (  # noqa: F401  (model_proto_class, spm_to_hf_ids, decode_charsmap: the SentencePiece API)
+    CONTROL,
+    CR,
+    EXT_PICT,
+    EXTEND,
+    GRAPHEME_MAX_BYTES,
+    INCB_CONSONANT,
+    INCB_EXTEND,
+    INCB_LINKER,
+    INCB_SHIFT,
+    LF,
+    LV,
+    LVT,
+    PREPEND,
+    RI,
+    SPACING_MARK,
+    SPM_FILES,
+    ZWJ,
+    L,
+    T,
+    V,
+    check_spm_file,
+    decode_charsmap,
+    lowercase_map,
+    model_proto_class,
+    normalizer_steps,
+    pack_utf8,
+    pre_tokenizer_steps,
+    probed_properties,
+    spm_to_hf_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -102,284 +130,17 @@ def _scoped(name):
         return _no_autograph(inner)
     return wrap
 
-SPM_FILES = ("sentencepiece.bpe.model", "spiece.model", "sentencepiece.model")
-# piece types of sentencepiece_model.proto
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-# HF's Precompiled normalizer maps a whole grapheme only when it is shorter than this many bytes
-GRAPHEME_MAX_BYTES = 6
 # dynamic-programme steps per tf.while_loop iteration
 UNROLL = 4
 
 
 # ------------------------------------------------------------------------------------ model proto
-def model_proto_class():
-    """The ``sentencepiece.ModelProto`` message class, whichever module can provide it.
-
-    ``sentencepiece``'s own ``sentencepiece_model_pb2`` needs protobuf >= 7 while TF pins 6, so fall
-    back to the copy inside transformers, or to a class already registered in the default pool.
-    """
-    from google.protobuf import descriptor_pool, message_factory
-
-    try:
-        desc = descriptor_pool.Default().FindMessageTypeByName("sentencepiece.ModelProto")
-        return message_factory.GetMessageClass(desc)
-    except KeyError:
-        pass
-    errors = []
-    for name in ("sentencepiece.sentencepiece_model_pb2", "transformers.utils.sentencepiece_model_pb2_new",
-                 "transformers.utils.sentencepiece_model_pb2"):
-        try:
-            import importlib
-
-            return importlib.import_module(name).ModelProto
-        except Exception as e:  # noqa: BLE001 - version clashes surface as many exception types
-            errors.append(f"{name}: {e}")
-    raise UnsupportedError("cannot load the SentencePiece model proto: " + "; ".join(errors))
-
-
-def check_spm_file(spm_file: Path | None, vocab: Sequence[tuple[str, float]]) -> str:
-    """Check a shipped ``sentencepiece.bpe.model`` against the HF Unigram vocab.
-
-    The graph follows the HF vocab (that is what sentence-transformers runs). The spm file must
-    hold the same pieces with the same scores, its ids mapping to HF ids through the table built
-    from the two vocabularies (fairseq: spm id + 1, ``<unk>`` 0 -> 3, ``<s>`` 1 -> 0, ``</s>`` 2 -> 2).
-
-    Returns:
-        ``"sentencepiece.bpe.model"`` (its name) when it is present and consistent,
-        else ``"tokenizer.json"``.
-    """
-    if spm_file is None or not spm_file.is_file():
-        return "tokenizer.json"
-    proto = model_proto_class()()
-    proto.ParseFromString(spm_file.read_bytes())
-    hf_index = {p: i for i, (p, _) in enumerate(vocab)}
-    problem = _spm_file_mismatch(proto, vocab, hf_index)
-    if problem:
-        log.warning("%s does not match the HF vocab (%s); following tokenizer.json", spm_file.name, problem)
-        return "tokenizer.json"
-    return spm_file.name
-
-
-def spm_to_hf_ids(spm_file: Path, vocab: Sequence[tuple[str, float]]) -> np.ndarray:
-    """The id table from a SentencePiece model to the HF vocab (by piece; unknown -> -1)."""
-    proto = model_proto_class()()
-    proto.ParseFromString(spm_file.read_bytes())
-    hf_index = {p: i for i, (p, _) in enumerate(vocab)}
-    return np.array([hf_index.get(p.piece, -1) for p in proto.pieces], dtype=np.int64)
-
-
-def _spm_file_mismatch(proto, vocab, hf_index) -> str | None:
-    """Why a shipped spm model cannot stand for the HF vocab, or None when it can."""
-    normal = [p for p in proto.pieces if p.type in (NORMAL, USER_DEFINED)]
-    if not normal:
-        return "no normal pieces"
-    missing = [p.piece for p in normal if p.piece not in hf_index]
-    if missing:
-        return f"{len(missing)} pieces not in the HF vocab, e.g. {missing[0]!r}"
-    off = [p.piece for p in normal if np.float32(vocab[hf_index[p.piece]][1]) != np.float32(p.score)]
-    if off:
-        return f"{len(off)} scores differ, e.g. {off[0]!r}"
-    return None
 
 
 # ------------------------------------------------------------------------------------ the charsmap
-@lru_cache(maxsize=8)
-def decode_charsmap(blob: bytes) -> dict[str, str]:
-    """All rules of a SentencePiece ``precompiled_charsmap``: ``{source: replacement}``.
-
-    The blob is a little-endian u32 trie size, a Darts-clone double array, then the replacement
-    strings (NUL-terminated). The trie is walked breadth first, all nodes of a level at once.
-    """
-    if len(blob) < 4:
-        return {}
-    (size,) = struct.unpack_from("<I", blob, 0)
-    units = np.frombuffer(blob, dtype="<u4", count=size // 4, offset=4).astype(np.int64)
-    normalized = np.frombuffer(blob[4 + size:], dtype=np.uint8)
-    n = units.size
-
-    def base_of(pos):
-        u = units[pos]
-        return pos ^ ((u >> 10) << ((u & (1 << 9)) >> 6))
-
-    labels = units & ((1 << 31) | 0xFF)
-    arange = np.arange(1, 256, dtype=np.int64)
-    pos_l, parent_l, byte_l = [np.zeros(1, np.int64)], [np.full(1, -1, np.int64)], [np.zeros(1, np.int64)]
-    frontier, frontier_id, next_id = np.zeros(1, np.int64), np.zeros(1, np.int64), 1
-    while frontier.size:
-        found_pos, found_parent, found_byte = [], [], []
-        for i in range(0, frontier.size, 4096):
-            base = base_of(frontier[i:i + 4096])
-            cand = base[:, None] ^ arange[None, :]
-            ok = (cand < n) & (labels[np.minimum(cand, n - 1)] == arange[None, :])
-            r, c = np.nonzero(ok)
-            found_pos.append(cand[r, c])
-            found_parent.append(frontier_id[i:i + 4096][r])
-            found_byte.append(arange[c])
-        frontier = np.concatenate(found_pos)
-        frontier_id = np.arange(next_id, next_id + frontier.size)
-        next_id += frontier.size
-        pos_l.append(frontier)
-        parent_l.append(np.concatenate(found_parent))
-        byte_l.append(np.concatenate(found_byte))
-    pos, parent, byte = np.concatenate(pos_l), np.concatenate(parent_l), np.concatenate(byte_l)
-    leaf = np.flatnonzero(((units[pos] >> 8) & 1).astype(bool))
-    leaf = leaf[leaf > 0]
-    value = units[base_of(pos[leaf])] & ((1 << 31) - 1)
-    nul = np.flatnonzero(normalized == 0)
-    value_end = nul[np.searchsorted(nul, value)]
-    # key bytes: walk up to the root, all leaves at once (collected right to left)
-    cols = []
-    node = leaf.copy()
-    while (node > 0).any():
-        cols.append(np.where(node > 0, byte[node], 0).astype(np.uint8))
-        node = np.where(node > 0, parent[node], 0)
-    mat = np.stack(cols[::-1], axis=1) if cols else np.zeros((leaf.size, 0), np.uint8)
-    # right-aligned with leading zero bytes (never part of a key: label 0 is the leaf marker)
-    raw = normalized.tobytes()
-    out: dict[str, str] = {}
-    for row, start, end in zip(_rows(mat), value.tolist(),
-                               value_end.tolist()):
-        try:
-            out[row.lstrip(b"\0").decode("utf-8")] = raw[start:end].decode("utf-8")
-        except UnicodeDecodeError:
-            pass  # a key that is not whole characters can never match decoded text
-    return out
-
-
-def _rows(mat: np.ndarray) -> list[bytes]:
-    width = mat.shape[1]
-    flat = mat.tobytes()
-    return [flat[i:i + width] for i in range(0, len(flat), width)] if width else [b""] * mat.shape[0]
-
-
-def pack_utf8(s: str) -> int:
-    """The int64 key the graph computes for a short string: UTF-8 length << 40 | its bytes."""
-    b = s.encode("utf-8")
-    return (len(b) << 40) | int.from_bytes(b, "big")
 
 
 # ------------------------------------------------------------------------------------ graphemes
-# Grapheme_Cluster_Break values (low 4 bits of a property), then flags
-OTHER, CR, LF, CONTROL, EXTEND, ZWJ, RI, PREPEND, SPACING_MARK, L, V, T, LV, LVT = range(14)
-GCB_NAMES = {CR: "CR", LF: "LF", CONTROL: "Control", EXTEND: "Extend", ZWJ: "ZWJ", RI: "Regional_Indicator",
-             PREPEND: "Prepend", SPACING_MARK: "SpacingMark", L: "L", V: "V", T: "T", LV: "LV", LVT: "LVT"}
-EXT_PICT = 1 << 4
-INCB_SHIFT = 5  # 2 bits: 0 none, 1 Consonant, 2 Extend, 3 Linker
-INCB_CONSONANT, INCB_EXTEND, INCB_LINKER = 1, 2, 3
-
-
-@lru_cache(maxsize=1)
-def _regex_properties() -> np.ndarray:
-    """Grapheme-break properties per code point from the ``regex`` package's Unicode tables."""
-    import regex
-
-    every = "".join(map(chr, range(N_CODEPOINTS)))
-    props = np.zeros(N_CODEPOINTS, dtype=np.int32)
-
-    def positions(pattern):
-        return np.fromiter((m.start() for m in regex.finditer(pattern, every)), dtype=np.int64)
-
-    for value, name in GCB_NAMES.items():
-        props[positions(r"\p{Grapheme_Cluster_Break=%s}" % name)] = value
-    props[positions(r"\p{Extended_Pictographic}")] |= EXT_PICT
-    for value, name in ((INCB_CONSONANT, "Consonant"), (INCB_EXTEND, "Extend"), (INCB_LINKER, "Linker")):
-        try:
-            props[positions(r"\p{InCB=%s}" % name)] |= value << INCB_SHIFT
-        except Exception:  # noqa: BLE001 - older regex without InCB: HF probes below still apply
-            break
-    return props
-
-
-def _assigned_probe_set() -> np.ndarray:
-    """Code points whose break properties are worth probing: assigned, not private use, not Han or
-    Hangul syllables (their properties are fixed), not surrogates."""
-    import regex
-
-    every = "".join(map(chr, range(N_CODEPOINTS)))
-    skip = np.zeros(N_CODEPOINTS, dtype=bool)
-    for pattern in (r"\p{Cn}", r"\p{Co}", r"\p{Cs}", r"\p{Ideographic}", r"\p{Hangul_Syllable_Type=LV}",
-                    r"\p{Hangul_Syllable_Type=LVT}"):
-        for m in regex.finditer(pattern + "+", every):
-            skip[m.start():m.end()] = True
-    return np.flatnonzero(~skip)
-
-
-def grapheme_properties(normalize, keys: dict[str, str]) -> np.ndarray:  # noqa: C901
-    """Per-code-point grapheme-break properties, as HF's Precompiled normalizer observes them.
-
-    Starts from the ``regex`` tables, then asks HF's own normalizer (``normalize``: str -> str)
-    about every property that can change its output, so a Unicode version gap between ``regex``
-    and the ``unicode-segmentation`` crate inside ``tokenizers`` cannot leak into the graph:
-
-    * extends the previous grapheme (GB9/GB9a) - ``"ª" + c`` loses ``c``;
-    * Prepend (GB9b) - ``c + "ª\\u0301"`` keeps the accent;
-    * Extended_Pictographic before ZWJ (GB11) - ``c + ZWJ + "™\\u0301"`` keeps the accent;
-    * InCB Consonant / Linker / Extend (GB9c), with Devanagari probes.
-
-    Probes need their marker keys in the charsmap (nmt_nfkc has them); without them the
-    ``regex`` table is used as is.
-    """
-    props = _regex_properties().copy()
-    gcb = props & 15
-    probe = _assigned_probe_set()
-    k2, acc, zwj, tm = "\u00aa", "\u0301", "\u200d", "\u2122"
-    if not (k2 in keys and tm in keys and normalize(k2 + acc) == keys[k2] and normalize(tm + acc) == keys[tm]):
-        log.info("charsmap lacks the probe keys; grapheme properties from the regex tables only")
-        return props
-
-    def keeps_accent(cps, make):
-        return np.array([normalize(make(chr(c))).endswith(acc) for c in cps], dtype=bool)
-
-    # GB9/GB9a: c joins the grapheme before it (observable for 2- and 3-byte c after a 2-byte key)
-    bmp = probe[(probe >= 0x80) & (probe < 0x10000) & ~np.isin(probe, [0x0D, 0x0A])]
-    single = np.array([normalize(chr(c)) for c in bmp], dtype=object)
-    joined = np.array([normalize(k2 + chr(c)) == keys[k2] for c in bmp], dtype=bool)
-    observable = single != ""
-    is_ext = np.isin(gcb[bmp], [EXTEND, ZWJ, SPACING_MARK])
-    fix_on = bmp[observable & joined & ~is_ext]
-    fix_off = bmp[observable & ~joined & is_ext]
-    props[fix_on] = (props[fix_on] & ~15) | EXTEND
-    props[fix_off] = (props[fix_off] & ~15) | OTHER
-    gcb = props & 15
-    # GB9b: Prepend
-    cand = probe[~np.isin(gcb[probe], [CR, LF, CONTROL, EXTEND, ZWJ, SPACING_MARK])]
-    pre = keeps_accent(cand, lambda c: c + k2 + acc)
-    props[cand[pre & (gcb[cand] != PREPEND)]] = (props[cand[pre & (gcb[cand] != PREPEND)]] & ~15) | PREPEND
-    wrong = cand[~pre & (gcb[cand] == PREPEND)]
-    props[wrong] = (props[wrong] & ~15) | OTHER
-    gcb = props & 15
-    # GB11: Extended_Pictographic (the side before ZWJ; the same property on both sides)
-    cand = probe[~np.isin(gcb[probe], [CR, LF, CONTROL, EXTEND, ZWJ, SPACING_MARK, PREPEND])]
-    ep = keeps_accent(cand, lambda c: c + zwj + tm + acc)
-    props[cand] = np.where(ep, props[cand] | EXT_PICT, props[cand] & ~EXT_PICT)
-    # GB9c: Indic conjunct break, probed with Devanagari KA, VIRAMA and the key QA (U+0958..095F)
-    ka, virama, qa = "\u0915", "\u094d", "\u095b"
-    if qa in keys and normalize(qa + acc) == keys[qa] and normalize(ka + virama + qa + acc).endswith(acc):
-        incb = np.zeros(N_CODEPOINTS, dtype=np.int32)
-        cons = keeps_accent(probe, lambda c: c + virama + qa + acc)
-        ext_like = probe[np.isin(gcb[probe], [EXTEND, ZWJ])]
-        linker = keeps_accent(ext_like, lambda c: ka + c + qa + acc)
-        extend = keeps_accent(ext_like, lambda c: ka + c + virama + qa + acc)
-        incb[ext_like[extend]] = INCB_EXTEND
-        incb[ext_like[linker]] = INCB_LINKER
-        incb[probe[cons]] = INCB_CONSONANT
-        # code points not probed keep the regex value
-        probed = np.zeros(N_CODEPOINTS, dtype=bool)
-        probed[probe] = True
-        old = (props >> INCB_SHIFT) & 3
-        new = np.where(probed, incb, old)
-        props = (props & ~(3 << INCB_SHIFT)) | (new << INCB_SHIFT)
-    return props
-
-
-def _probed_properties(charsmap: bytes) -> np.ndarray:
-    """:func:`grapheme_properties` for a charsmap, cached in memory and on disk (common.cached_probe)
-    by the charsmap and the versions of ``tokenizers`` and ``regex``."""
-    import regex
-    from tokenizers import normalizers
-
-    return cached_probe(f"grapheme_props_regex{regex.__version__}", normalizers.Precompiled(charsmap),
-                        lambda norm: grapheme_properties(norm.normalize_str, decode_charsmap(charsmap)))
 
 
 @_no_autograph
@@ -432,7 +193,7 @@ class PrecompiledNormalizer(tf.Module):
         super().__init__(name=name)
         keys = decode_charsmap(charsmap)
         self.n_rules = len(keys)
-        self.props = RangeTable(_probed_properties(charsmap), name="grapheme_props")
+        self.props = RangeTable(probed_properties(charsmap), name="grapheme_props")
         # rules reachable from the graph: one character, or a prefix of a grapheme < 6 bytes
         short = {k: v for k, v in keys.items() if len(k.encode("utf-8")) < GRAPHEME_MAX_BYTES}
         self.max_key_chars = max((len(k) for k in short), default=1)
@@ -565,7 +326,7 @@ class PrecompiledNormalizer(tf.Module):
         def rewrite():
             lens = tf.where(dropped, tf.zeros_like(idx),
                             tf.where(char_slot >= 0, tf.gather(tf.constant(self._lens), tf.maximum(char_slot, 0)), 1))
-            out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+            out_splits = splits_from_lengths(lens)
             src = repeat_range(lens)
             within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
             s = tf.gather(char_slot, src)
@@ -758,13 +519,7 @@ class UnigramViterbi(tf.Module):
         last_entry = tf.gather(offs, tf.maximum(s_lens - 1, 0)) + tf.range(w)
         on = tf.tensor_scatter_nd_max(tf.zeros(tf.reshape(total + 1, [1]), tf.int32),
                                       tf.where(s_lens > 0, last_entry, root)[:, None], tf.ones([w], tf.int32))
-        rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(big_t, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
-
-        def double(i, on, jump):
-            reached = tf.math.unsorted_segment_max(on, jump, total + 1)
-            return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
-
-        _, on, _ = tf.while_loop(lambda i, *_: i < rounds, double, (tf.constant(0), on, parent))
+        on = mark_ancestors(on, parent, doubling_rounds(big_t))
         # entries of each pre-token in position order: rank-major index = first char of the rank + t - 1
         rank_first = tf.concat([[0], tf.cumsum(s_lens)[:-1]], 0)
         rank_major = tf.gather(rank_first, e_rank) + e_step - 1
@@ -869,13 +624,7 @@ class UnigramViterbi(tf.Module):
         parent = _parents(cols, lm)
         start = tf.cast(end, tf.int32) * w + tf.range(w)
         on = tf.scatter_nd(start[:, None], tf.ones([w], tf.int32), [t1 * w])
-        rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
-
-        def body(i, on, jump):
-            reached = tf.math.unsorted_segment_max(on, jump, t1 * w)
-            return i + 1, tf.maximum(on, reached), tf.gather(jump, jump)
-
-        _, on, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), on, parent))
+        on = mark_ancestors(on, parent, doubling_rounds(t1))
         on = tf.transpose(tf.reshape(on > 0, [t1, w]))  # [W, T+1], position order
         on = tf.concat([tf.zeros([w, 1], tf.bool), on[:, 1:]], axis=1)  # position 0 is not a piece
         where = tf.cast(tf.where(on), tf.int32)  # (pre-token, position), sorted
@@ -927,13 +676,7 @@ def _parents(cols: tf.Tensor, lm: int) -> tf.Tensor:
 def _depths(parent: tf.Tensor, t1, w) -> tf.Tensor:
     """Number of pieces on the best path to each (flat) position, by pointer doubling."""
     count = tf.reshape(tf.cast(tf.broadcast_to(tf.range(t1)[:, None] > 0, tf.stack([t1, w])), tf.int32), [-1])
-    rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(t1, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
-
-    def body(i, count, jump):
-        return i + 1, count + tf.gather(count, jump), tf.gather(jump, jump)
-
-    _, count, _ = tf.while_loop(lambda i, *_: i < rounds, body, (tf.constant(0), count, parent))
-    return count
+    return pointer_doubling(parent, count, lambda _i, c, jump: c + tf.gather(c, jump), doubling_rounds(t1))
 
 
 @_no_autograph
@@ -941,26 +684,15 @@ def _lift(parent: tf.Tensor, q: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
     """The ancestor ``steps`` pieces up from each flat position ``q`` (binary lifting)."""
     steps = tf.maximum(steps, 0)
 
-    def body(bit, node, jump):
+    def step(bit, node, jump):  # at round ``bit`` a jump spans 2**bit pieces
         take = tf.bitwise.bitwise_and(tf.bitwise.right_shift(steps, bit), 1) > 0
-        return bit + 1, tf.where(take, tf.gather(jump, node), node), tf.gather(jump, jump)
+        return tf.where(take, tf.gather(jump, node), node)
 
     top = tf.reduce_max(tf.concat([tf.reshape(steps, [-1]), [0]], 0))
-    rounds = tf.cast(tf.math.ceil(tf.math.log(tf.cast(top, tf.float64) + 1.0) / np.log(2.0)), tf.int32)
-    _, node, _ = tf.while_loop(lambda b, *_: b < rounds, body, (tf.constant(0), q, parent))
-    return node
+    return pointer_doubling(parent, q, step, doubling_rounds(top))
 
 
 # ------------------------------------------------------------------------------------ other steps
-def _lowercase_map() -> dict[int, list[int]]:
-    """HF ``Lowercase`` (Rust ``char::to_lowercase``) per code point, probed from ``tokenizers``."""
-    from tokenizers import normalizers
-
-    lower = normalizers.Lowercase()
-    cps = [c for c in range(N_CODEPOINTS) if not 0xD800 <= c < 0xE000 and c != 0]
-    text = "\x00".join(map(chr, cps))
-    parts = lower.normalize_str(text).split("\x00")
-    return {c: [ord(x) for x in p] for c, p in zip(cps, parts) if p != chr(c)}
 
 
 @_no_autograph
@@ -975,55 +707,6 @@ def _collapse_spaces(pieces: tf.RaggedTensor) -> tf.RaggedTensor:
     keep = ~(tf.equal(v, 32) & prev_space)
     kept = tf.math.unsorted_segment_sum(tf.cast(keep, tf.int64), row, pieces.nrows())
     return tf.RaggedTensor.from_row_splits(tf.boolean_mask(v, keep), splits_from_lengths(kept), validate=False)
-
-
-def _normalizer_steps(normalizer: dict | None) -> list[tuple]:
-    """The HF normalizer as a list of supported steps, or UnsupportedError."""
-    if not normalizer:
-        return []
-    kind = normalizer.get("type")
-    if kind == "Sequence":
-        return [s for n in normalizer.get("normalizers", []) for s in _normalizer_steps(n)]
-    if kind == "Precompiled":
-        import base64
-
-        blob = normalizer.get("precompiled_charsmap")
-        if not blob:
-            return []
-        return [("precompiled", base64.b64decode(blob) if isinstance(blob, str) else bytes(blob))]
-    if kind == "Replace":
-        pattern = normalizer.get("pattern", {})
-        content = normalizer.get("content")
-        if pattern.get("Regex") == " {2,}" and content == " ":
-            return [("collapse_spaces",)]
-    if kind == "Lowercase":
-        return [("lowercase",)]
-    raise UnsupportedError(
-        f"unsupported normalizer for a Unigram tokenizer: {json.dumps(normalizer)[:200]}. Supported: "
-        "Precompiled, Replace(' {2,}' -> ' '), Lowercase, Sequence of those"
-    )
-
-
-def _pre_tokenizer_steps(pre: dict | None) -> tuple[bool, dict | None]:
-    """``(whitespace_split, metaspace config or None)`` or UnsupportedError."""
-    if not pre:
-        return False, None
-    kinds = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    names = [p.get("type") for p in kinds]
-    if names == ["WhitespaceSplit", "Metaspace"] or names == ["Metaspace"] or names == ["WhitespaceSplit"]:
-        ms = kinds[-1] if names[-1] == "Metaspace" else None
-        if ms is not None:
-            scheme = ms.get("prepend_scheme")
-            if scheme is None:  # tokenizers < 0.14 files
-                scheme = "always" if ms.get("add_prefix_space", True) else "never"
-            ms = {"replacement": ms.get("replacement", "\u2581"), "prepend_scheme": scheme,
-                  "split": bool(ms.get("split", True))}
-            if len(ms["replacement"]) != 1 or scheme not in ("always", "first", "never"):
-                raise UnsupportedError(f"unsupported Metaspace settings {ms}")
-        return names[0] == "WhitespaceSplit", ms
-    raise UnsupportedError(
-        f"unsupported pre_tokenizer for a Unigram tokenizer: {names}. Supported: Metaspace, WhitespaceSplit, "
-        "WhitespaceSplit then Metaspace")
 
 
 # ------------------------------------------------------------------------------------ the tokenizer
@@ -1061,17 +744,17 @@ class SentencePieceTokenizer(InGraphTokenizer):
 
         # normalizer
         self._steps = []
-        for step in _normalizer_steps(tj.get("normalizer")):
+        for step in normalizer_steps(tj.get("normalizer")):
             if step[0] == "precompiled":
                 self._steps.append(("precompiled", PrecompiledNormalizer(step[1], name="precompiled")))
             elif step[0] == "lowercase":
-                self._steps.append(("map", CodepointMap(_lowercase_map(), name="lowercase")))
+                self._steps.append(("map", CodepointMap(lowercase_map(), name="lowercase")))
             else:
                 self._steps.append(step)
         self._modules = [s[1] for s in self._steps if len(s) > 1 and isinstance(s[1], tf.Module)]
 
         # pre-tokenizer
-        self.whitespace_split, self.metaspace = _pre_tokenizer_steps(tj.get("pre_tokenizer"))
+        self.whitespace_split, self.metaspace = pre_tokenizer_steps(tj.get("pre_tokenizer"))
         ws = np.zeros(N_CODEPOINTS, dtype=np.int32)
         ws[WHITE_SPACE] = 1
         self.white_space = RangeTable(ws, name="white_space")
@@ -1139,7 +822,7 @@ class SentencePieceTokenizer(InGraphTokenizer):
         useful = rank - first_rank < self.max_seq_length
         kv, kp, kt, k_piece = (tf.boolean_mask(x, useful) for x in (kv, kp, kt, k_piece))
         lens = 1 + tf.cast(kp, tf.int64)
-        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        out_splits = splits_from_lengths(lens)
         src = repeat_range(lens)
         within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
         is_added = tf.gather(kp, src) & (within == 0)
@@ -1155,5 +838,5 @@ class SentencePieceTokenizer(InGraphTokenizer):
         n_pieces = pieces.nrows()
         counts = tf.math.bincount(tf.cast(tok_piece, tf.int32), minlength=tf.cast(n_pieces, tf.int32),
                                   maxlength=tf.cast(n_pieces, tf.int32), dtype=tf.int64)
-        piece_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
+        piece_splits = splits_from_lengths(counts)
         return tf.RaggedTensor.from_row_splits(per_tok, piece_splits, validate=False).merge_dims(1, 2)

@@ -34,8 +34,6 @@ Only core TF ops plus ``FastWordpieceTokenizeWithOffsets`` (TF-Text >= 2.12) are
 """
 from __future__ import annotations
 
-import unicodedata
-
 import numpy as np
 import tensorflow as tf
 
@@ -49,7 +47,9 @@ from .common import (
     repeat_range,
     probe_normalizer,
     probe_pretokenizer,
+    splits_from_lengths,
 )
+from .hf import check_wordpiece_normalizer, check_wordpiece_pre_tokenizer, combining_classes, usable_vocab
 
 # Per input code point, one int32 from one table lookup (two gathers) says everything the common
 # case needs:  bits 0-1  normalizer class: KEEP (kept, or mapped to exactly one character), DELETE,
@@ -62,66 +62,6 @@ from .common import (
 KEEP, DELETE, EXPAND = 0, 1, 2
 WORD, SPACE, ISOLATE = 0, 1, 2
 DELTA_OFFSET = N_CODEPOINTS
-
-SUPPORTED_NORMALIZERS = ("BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents", "Sequence")
-SUPPORTED_PRE_TOKENIZERS = ("BertPreTokenizer", "WhitespaceSplit")
-
-
-def _check_normalizer(norm: dict | None) -> bool:
-    """Raise for a normalizer that is not per-character; return whether it decomposes (NFD/NFKD)."""
-    if not norm:
-        return False
-    kind = norm.get("type")
-    if kind not in SUPPORTED_NORMALIZERS:
-        raise UnsupportedError(
-            f"unsupported WordPiece normalizer {kind!r}. Supported: {', '.join(SUPPORTED_NORMALIZERS)}")
-    if kind == "Sequence":
-        return any([_check_normalizer(n) for n in norm.get("normalizers", [])])
-    if kind == "BertNormalizer":
-        strip = norm.get("strip_accents")
-        return bool(strip) or (strip is None and bool(norm.get("lowercase", True)))
-    return kind in ("NFD", "NFKD")
-
-
-def _check_pre_tokenizer(pre: dict | None) -> None:
-    if not pre:
-        return
-    kind = pre.get("type")
-    if kind == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
-        return _check_pre_tokenizer(pre["pretokenizers"][0])
-    if kind not in SUPPORTED_PRE_TOKENIZERS:
-        raise UnsupportedError(
-            f"unsupported WordPiece pre-tokenizer {kind!r}. Supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
-
-
-# TF-Text's FastWordpieceTokenizer refuses vocabulary tokens longer than this (UTF-8 bytes, suffix
-# indicator excluded).
-FAST_WORDPIECE_MAX_TOKEN_BYTES = 256
-
-
-def usable_vocab(tokens: list, prefix: str, max_chars: int, keep: str) -> list[str]:
-    """The vocabulary as FastWordpieceTokenizer gets it: id order kept, unusable slots filled.
-
-    * ids no token has get a filler that no word can equal (words never contain spaces);
-    * a token longer than ``max_chars`` characters (prefix excluded) can never be produced: Hugging
-      Face maps every word longer than ``max_input_chars_per_word`` to the unknown token, and a
-      word holding that token would be longer still. It gets a filler too (real vocabularies
-      trained on noisy text hold such tokens, e.g. long emoji runs, which TF-Text would refuse);
-    * a token that can be produced but is longer than TF-Text's limit cannot be represented: a
-      clear error, rather than a tokenizer that silently differs.
-    """
-    out = []
-    for i, tok in enumerate(tokens):
-        core = tok[len(prefix):] if tok is not None and prefix and tok.startswith(prefix) else tok
-        if tok is None or (tok != keep and len(core) > max_chars):
-            out.append(f"  unused {i} ")
-            continue
-        if len(core.encode("utf-8")) > FAST_WORDPIECE_MAX_TOKEN_BYTES:
-            raise UnsupportedError(
-                f"WordPiece vocabulary token {i} ({tok[:40]!r}..., {len(core.encode('utf-8'))} UTF-8 bytes) is longer "
-                f"than the {FAST_WORDPIECE_MAX_TOKEN_BYTES} bytes TF-Text's FastWordpieceTokenizer supports")
-        out.append(tok)
-    return out
 
 
 class WordPieceTokenizer(InGraphTokenizer):
@@ -147,14 +87,14 @@ class WordPieceTokenizer(InGraphTokenizer):
         model = tj["model"]
         if model.get("type") != "WordPiece":
             raise UnsupportedError(f"WordPieceTokenizer needs a WordPiece model, got {model.get('type')!r}")
-        self.decomposes = _check_normalizer(tj.get("normalizer"))
-        _check_pre_tokenizer(tj.get("pre_tokenizer"))
+        self.decomposes = check_wordpiece_normalizer(tj.get("normalizer"))
+        check_wordpiece_pre_tokenizer(tj.get("pre_tokenizer"))
         backend = hf_tokenizer.backend_tokenizer
 
         # -- normalizer and pre-tokenizer, probed per code point (cached on disk)
         probed = cached_probe("normalizer", backend.normalizer, probe_normalizer)
         pre = cached_probe("pre_tokenizer", backend.pre_tokenizer, probe_pretokenizer)
-        ccc = _combining_classes() if self.decomposes else np.zeros(N_CODEPOINTS, dtype=np.int32)
+        ccc = combining_classes() if self.decomposes else np.zeros(N_CODEPOINTS, dtype=np.int32)
         keys, lens, chars, sp = probed.keys, probed.lengths, probed.chars, probed.splits
         first = chars[np.minimum(sp[:-1], max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
         mid = chars[np.minimum(sp[:-1] + 1, max(chars.size - 1, 0))] if chars.size else np.zeros_like(keys)
@@ -265,7 +205,7 @@ class WordPieceTokenizer(InGraphTokenizer):
             slot = tf.scatter_nd(where_e, slot_e + 1, tf.reshape(n, [1])) - 1
             safe = tf.maximum(slot, 0)
             lens += tf.where(is_exp, tf.gather(tf.constant(self.expansions._lens_np), safe), 0)
-        out_splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lens)], 0)
+        out_splits = splits_from_lengths(lens)
         src = repeat_range(lens)
         src_info = tf.gather(info, src)
         out = tf.gather(v, src) + (tf.bitwise.right_shift(src_info, 6) - DELTA_OFFSET)
@@ -315,24 +255,6 @@ class WordPieceTokenizer(InGraphTokenizer):
         group = tf.cumsum(tf.cast((ccc == 0) | piece_start, tf.int64))
         order = tf.argsort(group * 256 + tf.cast(ccc, tf.int64), stable=True)
         return tf.gather(v, order), tf.gather(cls, order)
-
-
-_COMBINING: list[np.ndarray] = []
-
-
-def _combining_classes() -> np.ndarray:
-    """Canonical combining class per code point (Python's Unicode tables), int32 [0x110000]."""
-    if not _COMBINING:
-        out = np.zeros(N_CODEPOINTS, dtype=np.int32)
-        comb = unicodedata.combining
-        for c in range(N_CODEPOINTS):
-            if 0xD800 <= c < 0xE000:
-                continue
-            v = comb(chr(c))
-            if v:
-                out[c] = v
-        _COMBINING.append(out)
-    return _COMBINING[0]
 
 
 def _piece_starts(splits: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
