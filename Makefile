@@ -2,6 +2,8 @@
 #   make demo   set up, export the embedded default model, verify parity, build a Triton repo,
 #               serve it with a real tritonserver, query it, stop.
 #   make test   set up and run the whole test suite (what .ci/run calls).
+#   make check  the fast development loop: unit tests + one export per model, no servers,
+#               containers, registries or slow cases (a few minutes on 2 cores).
 SHELL := /bin/bash
 PYTHON ?= python3
 # The venv is cached outside the clone, keyed by the hash of the pinned requirements,
@@ -14,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test check bench clean
 venv: $(VENV)/.complete
 	@ln -sfn $(VENV) .venv
 	@# editable install of this clone (cheap; re-pointed for each clone sharing the cached venv)
@@ -43,6 +45,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+check: venv
+	$(PY) -m pytest -q -m "not slow and not server and not container and not network" $(PYTEST_ARGS)
 
 bench: venv
 	$(PY) bench/run.py

@@ -77,9 +77,42 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def cmd_build(args) -> int:
-    from .targets import build, make_options, write_stack
+def _k8s_settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs -> KubernetesOptions fields, each value parsed as its field's type."""
+    from .targets.kubernetes import KubernetesOptions
 
+    fields = {f.name: f for f in dataclasses.fields(KubernetesOptions)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise PackagerError(f"--k8s takes FIELD=VALUE with FIELD one of: {', '.join(sorted(fields))}; got {pair!r}")
+        default = fields[key].default
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise PackagerError(f"--k8s {key} takes true or false, not {value!r}")
+            out[key] = value.lower() in ("true", "1", "yes")
+        elif isinstance(default, int):
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise PackagerError(f"--k8s {key} takes a whole number, not {value!r}") from None
+        elif isinstance(default, tuple):
+            out[key] = tuple(v for v in value.split(",") if v)
+        else:
+            out[key] = value
+    return out
+
+
+def cmd_build(args) -> int:
+    from .targets import build, make_options, write_kubernetes, write_stack
+
+    if args.kubernetes and args.target != "triton":
+        raise PackagerError("--kubernetes writes manifests for Triton: use it with --target triton")
+    k8s = _k8s_settings(args.k8s or [])
+    if k8s and not args.kubernetes:
+        raise PackagerError("--k8s sets fields of the Kubernetes bundle: give --kubernetes DIR too")
     options = make_options(args.target, **target_options(args, args.target))
     path = build(args.model, target=args.target, output=args.output, name=args.name, version=args.version or 1,
                  force=args.force, options=options)
@@ -87,6 +120,9 @@ def cmd_build(args) -> int:
     if not args.no_compose:
         stack = write_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
         print(f"wrote compose stack to {stack}  (docker-compose -f {stack}/docker-compose.yml up -d)")
+    if args.kubernetes:
+        bundle = write_kubernetes(path.name, options, out_dir=args.kubernetes, version=args.version or 1, settings=k8s)
+        print(f"wrote Kubernetes bundle to {bundle}  (kubectl apply -k {bundle}/overlays/cpu; see docs/kubernetes.md)")
     return 0
 
 
@@ -105,14 +141,14 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
-def _flag(f: dataclasses.Field) -> tuple[str, dict]:
+def _flag(f: dataclasses.Field, help_text: str) -> tuple[str, dict]:
     """The argparse flag and keyword arguments of one options field (its metadata has the help)."""
     name = f.name.replace("_", "-")
     meta = f.metadata
-    kw: dict = {"dest": f.name, "default": None, "help": meta["help"]}
+    kw: dict = {"dest": f.name, "default": None, "help": help_text}
     if isinstance(f.default, bool):
         if f.default:
-            return f"--no-{name}", {**kw, "action": "store_const", "const": False}
+            return f"--no-{name}", {**kw, "help": f"turn off: {help_text}", "action": "store_const", "const": False}
         return f"--{name}", {**kw, "action": "store_const", "const": True}
     annotation = str(f.type)
     if isinstance(f.default, tuple) or "tuple[int" in annotation:
@@ -141,17 +177,22 @@ def add_target_flags(p: argparse.ArgumentParser) -> dict[str, set[str]]:
 
     owners: dict[str, set[str]] = {}
     fields_by_name: dict[str, dataclasses.Field] = {}
+    helps: dict[str, dict[str, str]] = {}
     for target, module in TARGETS.items():
         for f in cli_fields(module.Options):
             owners.setdefault(f.name, set()).add(target)
             fields_by_name.setdefault(f.name, f)
+            helps.setdefault(f.name, {})[target] = f.metadata["help"]
     groups = {}
     for fname, f in fields_by_name.items():
         who = sorted(owners[fname])
         title = f"{who[0]} options" if len(who) == 1 else f"{' and '.join(who)} options"
         if title not in groups:
             groups[title] = p.add_argument_group(title)
-        flag, kw = _flag(f)
+        texts = helps[fname]
+        help_text = next(iter(texts.values())) if len(set(texts.values())) == 1 else \
+            "; ".join(f"{t}: {h}" for t, h in sorted(texts.items()))
+        flag, kw = _flag(f, help_text)
         groups[title].add_argument(flag, **kw)
     return owners
 
@@ -221,6 +262,11 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="replace an existing model version")
     b.add_argument("--compose-dir", default="compose", help="where the docker-compose stack goes (default %(default)s/<stack>/)")
     b.add_argument("--no-compose", action="store_true", help="do not write a docker-compose stack")
+    b.add_argument("--kubernetes", metavar="DIR", help="triton: also write a Kubernetes bundle (kustomize base, cpu and "
+                   "gpu overlays, KServe InferenceService) to DIR/<name>/")
+    b.add_argument("--k8s", action="append", metavar="FIELD=VALUE",
+                   help="a field of the Kubernetes bundle, e.g. namespace=search, min_replicas=3, "
+                        "repository_source=url, repository_url=s3://bucket/models (repeatable; docs/kubernetes.md)")
     b.set_defaults(func=cmd_build, option_owners=add_target_flags(b))
 
     s = sub.add_parser("serve", help="run the bundled tritonserver (python backend) on a repository, on 127.0.0.1")

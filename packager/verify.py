@@ -128,13 +128,16 @@ def compare(
 
 # ---------------------------------------------------------------- reference (sentence-transformers)
 def reference_model(model_dir: str | Path):
-    """Load the reference ``SentenceTransformer`` on CPU, offline, without remote code."""
-    import os
+    """Load the reference ``SentenceTransformer`` (or ``CrossEncoder``) on CPU, offline, without remote code.
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    In float32 whatever the checkpoint's dtype: the graph computes in float32 (a bfloat16 checkpoint,
+    as Qwen3-Embedding ships, would otherwise run in bfloat16 and differ by 1e-3 for that reason alone).
+    """
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False)
+    return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
+                               model_kwargs={"dtype": torch.float32})
 
 
 def reference_ids(model, texts: Sequence[str], batch_size: int = 64) -> list[list[int]]:

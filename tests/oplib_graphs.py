@@ -10,7 +10,6 @@ op is missing from TF-Text 2.12.1 (the TF-Serving 2.12-2.19 failure of tensorflo
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +82,19 @@ def save_standin(out_dir: Path, vocab: list[str] | None = None, **kw) -> dict:
     import tensorflow as tf
     import tensorflow_text
 
+    from packager.manifest import Manifest
+    from packager.manifest import write as write_manifest
     from packager.oplibs import analyze_saved_model
 
     module = build_module(vocab or tiny_vocab(), **kw)
     out_dir = Path(out_dir)
     tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.serve, "tokenize": module.tokenize})
     ops = analyze_saved_model(out_dir)
-    manifest = {
-        "source": "stand-in (tests/oplib_graphs.py)", "name": "standin", "model_type": "standin",
-        "embedding_dim": int(module.table.shape[1]), "pooling": ["mean"], "normalize": True,
-        "tensorflow": tf.__version__, "tensorflow_text": tensorflow_text.__version__,
-        "op_libraries": ops["op_libraries"], "custom_ops": ops["custom_ops"], "ops": ops["ops"],
-        "input_key": "input_sequence", "output_key": "sentence_embedding",
-    }
-    (out_dir / "packager.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    manifest = Manifest(
+        source="stand-in (tests/oplib_graphs.py)", name="standin", model_type="standin",
+        output_dim=int(module.table.shape[1]), max_seq_length=16, pooling=("mean",), normalize=True,
+        tensorflow=tf.__version__, tensorflow_text=tensorflow_text.__version__,
+        op_libraries=tuple(ops["op_libraries"]), custom_ops=tuple(ops["custom_ops"]), ops=tuple(ops["ops"]),
+    )
+    write_manifest(out_dir, manifest)
+    return manifest.to_dict()

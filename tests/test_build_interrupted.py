@@ -15,6 +15,9 @@ from tritonclient.grpc import model_config_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Each case runs real `packager build` processes and signals them: process-level, so slow.
+pytestmark = pytest.mark.slow
+
 
 def _build(model_dir: Path, repo: Path, version: int, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "packager", "-q", "build", str(model_dir), "--target", "triton", "-o", str(repo),

@@ -34,7 +34,7 @@ from packager.verify import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 PROBE = ROOT / "tools" / "compat_probe.py"
 PROJECT = ("project", "project")  # the project venv itself (TF 2.21.0 / TF-Text 2.21.1)

@@ -22,6 +22,8 @@ import yaml
 import docker_env
 from packager.errors import TargetError
 from packager.targets.compose import StackOptions, render_compose
+from packager.targets.tfserving import TFServingOptions
+from packager.targets.triton import TritonOptions
 
 VARIANTS = {
     "triton-python": dict(target="triton", backend="python"),
@@ -384,20 +386,20 @@ def test_triton_stack_starts_with_same_limits_when_run_by_compose_v2(engine, cpu
         assert _infer(f"127.0.0.1:{http}", ["compose v2"], "http").shape == (1, 384)
 
 
-def test_build_stack_points_at_repository_when_written_beside_a_build(tmp_path):
-    from packager.targets.compose import build_stack
+def test_write_stack_points_at_repository_when_written_beside_a_build(tmp_path):
+    from packager.targets import write_stack
 
     repo = tmp_path / "model_repository"
     repo.mkdir()
-    stack = build_stack("triton", repo, "minilm", {"backend": "python", "instance_kind": "KIND_GPU",
-                                                    "image": "nvcr.io/nvidia/tritonserver:25.04-py3"},
+    stack = write_stack("triton", repo, "minilm", TritonOptions(backend="python", instance_kind="KIND_GPU",
+                                                                 image="nvcr.io/nvidia/tritonserver:25.04-py3"),
                         compose_dir=tmp_path / "compose")
     assert stack == tmp_path / "compose" / "triton-python-gpu"
     svc = _service({"docker-compose.yml": (stack / "docker-compose.yml").read_text()})
     assert svc["volumes"][0]["source"] == "../../model_repository"
     assert "deploy" in svc
     assert "ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:25.04-py3" in (stack / "Dockerfile").read_text()
-    tfs = build_stack("tfserving", tmp_path / "tfs", "minilm", {"base_path_prefix": "/srv/models"},
+    tfs = write_stack("tfserving", tmp_path / "tfs", "minilm", TFServingOptions(base_path_prefix="/srv/models"),
                       compose_dir=tmp_path / "compose", bind_address="0.0.0.0")
     svc = _service({"docker-compose.yml": (tfs / "docker-compose.yml").read_text()})
     assert svc["volumes"][0] == {"type": "bind", "source": "../../tfs", "target": "/srv/models", "read_only": True}

@@ -216,6 +216,7 @@ def test_load_op_libraries_makes_graph_loadable_when_only_listed_libraries_regis
 
 
 # ---------------------------------------------------------------- op libraries of another release
+@pytest.mark.network
 def test_fetch_op_libraries_extracts_and_caches_so_files_when_wheel_downloaded(tmp_path):
     paths = fetch_op_libraries("2.17.0", tmp_path / "ops", python_version="3.12", libraries=TOKENIZER_LIBS)
     assert [p.name for p in paths] == TOKENIZER_LIBS
@@ -229,6 +230,7 @@ def test_fetch_op_libraries_extracts_and_caches_so_files_when_wheel_downloaded(t
     assert "_trimmer_ops.so" in {p.name for p in cached}
 
 
+@pytest.mark.network
 def test_fetch_op_libraries_raises_when_release_has_no_wheel(tmp_path):
     with pytest.raises(PackagerError, match=r"could not download tensorflow-text==0\.0\.1 for CPython 3\.12, 3\.11"):
         fetch_op_libraries("0.0.1", tmp_path)

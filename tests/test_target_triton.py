@@ -145,7 +145,8 @@ def test_triton_warmup_file_round_trips_when_strings_are_unicode():
 
 def test_triton_render_lists_layout_when_python_backend():
     files = triton.render_files(MANIFEST, Path("/export"), name="m", version=3, options=TritonOptions())
-    assert set(files) == {"config.pbtxt", "3/model.savedmodel", "3/model.py", "warmup/sample", "packager-target.json"}
+    assert set(files) == {"config.pbtxt", "configs/gpu.pbtxt", "3/model.savedmodel", "3/model.py", "warmup/sample",
+                          "packager-target.json"}
     assert files["3/model.savedmodel"] == Path("/export")
     assert read_bytes_tensor_file(files["warmup/sample"]) == [triton.WARMUP_TEXT.encode("utf-8")]
     info = json.loads(files["packager-target.json"])
@@ -287,6 +288,7 @@ def test_writer_recovers_old_tree_when_killed_between_fallback_renames(tmp_path)
     assert (dest / "a.txt").read_text() == "old" and not staging.exists()
 
 
+@pytest.mark.network
 def test_build_tensorflow_backend_ships_op_libraries_of_the_image_tf_when_backend_tensorflow(tmp_path, tiny_export):
     from packager.oplibs import text_ops_dir
     from packager.servers import get_server

@@ -15,6 +15,8 @@ from packager import verify as v
 from packager.graph import build_module
 from packager.source import load_spec
 
+pytestmark = pytest.mark.slow  # fuzzing: in the full suite, not in `make check`
+
 FRAGMENTS = [
     "[MASK]", "[CLS]", "[SEP]", "[PAD]", "[UNK]", "<mask>", "<s>", "</s>", "<pad>", "<unk>", " [MASK] ",
     "\x00", "\t", "\n", "\r", "\x0b", "\x1c", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\u200d",

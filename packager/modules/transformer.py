@@ -44,7 +44,7 @@ class Transformer(Module):
 
     @classmethod
     def from_folder(cls, model_dir: Path, module_dir: Path, **entry) -> "Transformer":
-        from ..encoders import SUPPORTED_MODEL_TYPES
+        from ..encoders import SUPPORTED_MODEL_TYPES, architecture
 
         hf_config = read_json(module_dir / "config.json", "Hugging Face config.json")
         model_type = hf_config.get("model_type")
@@ -53,6 +53,8 @@ class Transformer(Module):
                 f"unsupported model_type {model_type!r} in {module_dir / 'config.json'}. "
                 f"Supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
+        # TF-free and fast: refuses rope scaling, unknown activations or bad head geometry before any TF import.
+        architecture(model_type).convert_config(dict(hf_config))
         st_config = read_optional_json(module_dir / "sentence_bert_config.json", "sentence_bert_config.json")
         weights = [f for f in WEIGHT_FILES if (module_dir / f).is_file()]
         if not weights:
@@ -110,7 +112,8 @@ class Transformer(Module):
         hf_tok = self.load_hf_tokenizer(model_dir)
         tokenizer = build_tokenizer(hf_tok, module_dir, self.max_seq_length)
         weights = load_weights(module_dir / self.weights_file)
-        encoder = build_encoder(self.model_type, dict(self.hf_config), weights, pad_token_id=tokenizer.pad_id)
+        # consume_weights: each checkpoint array is freed once its variables exist (peak memory ~1.8x weights).
+        encoder = build_encoder(self.model_type, dict(self.hf_config), weights, consume_weights=True)
         del weights
 
         class TransformerModule(tf.Module):

@@ -36,7 +36,7 @@ from .base import BuildContext, Layout
 TARGETS: dict[str, ModuleType] = {"triton": triton, "tfserving": tfserving}
 
 __all__ = ["TARGETS", "Layout", "build", "build_from_export", "make_options", "render_template", "sanitize",
-           "target_module", "write_stack"]
+           "target_module", "write_kubernetes", "write_stack"]
 
 
 def sanitize(name: str) -> str:
@@ -181,3 +181,26 @@ def write_stack(target: str, repository: str | os.PathLike, name: str, options: 
     if overrides:
         stack = replace(stack, **overrides)
     return write_compose(Path(compose_dir) / stack.stack_name, stack, repository=repository)
+
+
+def write_kubernetes(name: str, options: Any = None, *, out_dir: str | os.PathLike = "kubernetes", version: int = 1,
+                     settings: Mapping[str, Any] | None = None) -> Path:
+    """Write the Kubernetes bundle (kustomize base, CPU/GPU overlays, KServe) for a Triton build.
+
+    Args:
+        name: the served model name.
+        options: the build's :class:`~packager.targets.triton.TritonOptions` (backend and mount carry over).
+        out_dir: where bundles go: ``<out_dir>/<name>/``.
+        version: the model version (the default model image tag).
+        settings: fields of :class:`~packager.targets.kubernetes.KubernetesOptions`.
+
+    Returns:
+        The bundle folder.
+    """
+    from . import kubernetes
+
+    opts = make_options("triton", options)
+    k8s = kubernetes.KubernetesOptions(**{"backend": opts.backend, "repo_mount": opts.repo_mount, **dict(settings or {})})
+    files = kubernetes.render(k8s, model_name=sanitize(name), version=version)
+    return write_tree(Path(out_dir).absolute() / sanitize(name), files, force=True,
+                      replace=sorted({f.split("/")[0] for f in files}))

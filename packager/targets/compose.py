@@ -25,11 +25,10 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import TargetError
 from ..servers import default_image
@@ -249,6 +248,21 @@ def server_command(o: StackOptions) -> list[str]:
     ]
 
 
+def server_environment(o: StackOptions) -> dict[str, str]:
+    """The server's environment (the compose stack's and the Kubernetes pod's)."""
+    inter = 1 if o.threads <= 2 else 2
+    return {
+        # TensorFlow reads these at start-up (both the TF backend and TF inside the Python backend);
+        # TF-Serving takes its thread counts as flags instead (server_command).
+        **({"TF_NUM_INTRAOP_THREADS": str(o.threads),
+            "TF_NUM_INTEROP_THREADS": str(inter),
+            "OMP_NUM_THREADS": str(o.threads),
+            "TF_CPP_MIN_LOG_LEVEL": "1"} if o.target == "triton" else {}),
+        # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
+        "TF_ENABLE_ONEDNN_OPTS": "1",
+    }
+
+
 def healthcheck(o: StackOptions) -> list[str]:
     """A readiness probe that needs only bash (no curl in the images): HTTP/1.0 over /dev/tcp."""
     if o.target == "triton":
@@ -300,16 +314,7 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
         healthcheck=healthcheck(o),
         ports=[(name, _port(o.bind_address, host, inner)) for name, host, inner in ports],
         published=[(name, host) for name, host, _ in ports],
-        environment={
-            # TensorFlow reads these at start-up (both the TF backend and TF inside the Python backend);
-            # TF-Serving takes its thread counts as flags instead (server_command).
-            **({"TF_NUM_INTRAOP_THREADS": str(o.threads),
-                "TF_NUM_INTEROP_THREADS": str(inter),
-                "OMP_NUM_THREADS": str(o.threads),
-                "TF_CPP_MIN_LOG_LEVEL": "1"} if o.target == "triton" else {}),
-            # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
-            "TF_ENABLE_ONEDNN_OPTS": "1",
-        },
+        environment=server_environment(o),
         gpu_count=o.gpu_count,
         inter=inter,
     )

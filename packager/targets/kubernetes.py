@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TargetError
-from . import render_template
-from .compose import TRITON_PORTS, StackOptions, server_command
+from ..templating import render_template, yaml_plain_str
+from .compose import TRITON_PORTS, StackOptions, server_command, server_environment
+from .triton import gpu_config  # noqa: F401  (the GPU overlay's config; re-exported for tools)
 
 SOURCES = ("image", "url")
 URL_SCHEMES = ("s3://", "gs://", "as://")
@@ -265,9 +266,7 @@ def _bytes(q: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def q(value: Any) -> str:
-    """A YAML double-quoted scalar that reads back as exactly ``str(value)`` (JSON strings are valid YAML)."""
-    return json.dumps(str(value), ensure_ascii=True)
+q = yaml_plain_str  # a YAML double-quoted scalar that reads back as exactly str(value)
 
 
 def ymap(mapping: Mapping[str, Any], indent: int) -> str:
@@ -323,16 +322,9 @@ def server_args(options: KubernetesOptions, model_name: str) -> list[str]:
     return args
 
 
-def server_env(options: KubernetesOptions) -> dict[str, str]:
+def server_env(options: KubernetesOptions, model_name: str = "model") -> dict[str, str]:
     """The server's environment: the compose stack's (TensorFlow threads, oneDNN), same values."""
-    inter = 1 if options.threads <= 2 else 2
-    return {
-        "TF_NUM_INTRAOP_THREADS": str(options.threads),
-        "TF_NUM_INTEROP_THREADS": str(inter),
-        "OMP_NUM_THREADS": str(options.threads),
-        "TF_CPP_MIN_LOG_LEVEL": "1",
-        "TF_ENABLE_ONEDNN_OPTS": "1",
-    }
+    return server_environment(stack_options(options, model_name))
 
 
 def kserve_args(options: KubernetesOptions, model_name: str) -> list[str]:
@@ -404,7 +396,7 @@ def render(options: KubernetesOptions = KubernetesOptions(), *, model_name: str,
     roles = ("server", "model") if o.repository_source == "image" else ("server",)
     ctx = dict(
         o=o, q=q, ymap=ymap, name=name, model=model_name, version=int(version), labels=labels, selector=selector,
-        images=imgs, ports=TRITON_PORTS, args=server_args(o, model_name), env=server_env(o),
+        images=imgs, ports=TRITON_PORTS, args=server_args(o, model_name), env=server_env(o, model_name),
         kserve_args=kserve_args(o, model_name), startup_failures=_probe_failures(o),
         init_mount=INIT_MOUNT, model_image_path=MODEL_IMAGE_PATH, queue_metric=QUEUE_METRIC,
         gpu_node_selector=node_selector, kserve_store=KSERVE_MODEL_STORE, tf_tag=TRITON_TF_TAG,
@@ -460,38 +452,6 @@ def model_image_dockerfile(options: KubernetesOptions = KubernetesOptions(), *, 
 
 
 # ------------------------------------------------------------------------------------- gpu configs
-def gpu_config(config_text: str, *, source: str = "config.pbtxt") -> str:
-    """config.pbtxt with KIND_GPU instances: what the GPU overlay's ``--model-config-name`` selects.
-
-    The text is parsed with Triton's own ``model_config_pb2`` (from tritonclient), every instance group
-    gets ``kind: KIND_GPU`` (and no ``gpus`` list: all GPUs the pod was given), and the message is printed
-    back, so nothing else can differ from the CPU config.
-
-    Args:
-        config_text: the model's config.pbtxt.
-        source: named in the header comment.
-
-    Raises:
-        TargetError: the text is not a valid model config.
-    """
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    cfg = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(config_text, cfg)
-    except text_format.ParseError as exc:
-        raise TargetError(f"{source} is not a valid Triton model config: {exc}") from exc
-    if not cfg.instance_group:
-        cfg.instance_group.add(count=1)
-    for group in cfg.instance_group:
-        group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
-        del group.gpus[:]
-    header = (f"# {source} with KIND_GPU instances, written by packager.targets.kubernetes.write_gpu_configs.\n"
-              "# Triton loads it instead of config.pbtxt when started with --model-config-name (the GPU overlay).\n")
-    return header + text_format.MessageToString(cfg, as_utf8=True)
-
-
 def write_gpu_configs(repository: str | Path, *, config_name: str = "gpu") -> list[Path]:
     """Write ``<model>/configs/<config_name>.pbtxt`` (:func:`gpu_config`) for every model in a repository.
 
@@ -736,10 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m packager.targets.kubernetes [OUT]``: write the example bundles (default ``kubernetes/``)."""
     import sys
 
-    try:
-        from ..writer import write_tree  # the shared writer's new home
-    except ImportError:  # pragma: no cover - before the move
-        from .writer import write_tree
+    from ..writer import write_tree
 
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0] if args else "kubernetes")

@@ -43,6 +43,7 @@ KINDS = ("KIND_CPU", "KIND_GPU")
 DEFAULT_OUTPUT = "model_repository"
 WARMUP_TEXT = "Warm-up: café, naïve résumé — 中文 tokens, emoji 🙂 and numbers 3.14!"
 OP_DIR = "ops"
+GPU_CONFIG_NAME = "gpu"
 TARGET_INFO = "packager-target.json"
 
 
@@ -210,6 +211,38 @@ def render_config(manifest: Manifest, *, name: str, options: TritonOptions, imag
     )
 
 
+def gpu_config(config_text: str, *, source: str = "config.pbtxt") -> str:
+    """config.pbtxt with KIND_GPU instances: what the GPU overlay's ``--model-config-name`` selects.
+
+    The text is parsed with Triton's own ``model_config_pb2`` (from tritonclient), every instance group
+    gets ``kind: KIND_GPU`` (and no ``gpus`` list: all GPUs the pod was given), and the message is printed
+    back, so nothing else can differ from the CPU config.
+
+    Args:
+        config_text: the model's config.pbtxt.
+        source: named in the header comment.
+
+    Raises:
+        TargetError: the text is not a valid model config.
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    cfg = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(config_text, cfg)
+    except text_format.ParseError as exc:
+        raise TargetError(f"{source} is not a valid Triton model config: {exc}") from exc
+    if not cfg.instance_group:
+        cfg.instance_group.add(count=1)
+    for group in cfg.instance_group:
+        group.kind = model_config_pb2.ModelInstanceGroup.KIND_GPU
+        del group.gpus[:]
+    header = (f"# {source} with KIND_GPU instances, written by packager.\n"
+              "# Triton loads it instead of config.pbtxt when started with --model-config-name (the GPU overlay).\n")
+    return header + text_format.MessageToString(cfg, as_utf8=True)
+
+
 def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) -> str:
     """Render the python backend's ``model.py`` for this export."""
     require_sanitized(name)
@@ -255,7 +288,10 @@ def render_files(
     """
     if version < 1:
         raise TargetError(f"version must be >= 1, not {version}")
-    files: dict[str, Content] = {"config.pbtxt": render_config(manifest, name=name, options=options, image_tf=image_tf)}
+    config = render_config(manifest, name=name, options=options, image_tf=image_tf)
+    # The same config with KIND_GPU instances: what `tritonserver --model-config-name=gpu` loads (the
+    # Kubernetes GPU overlay), so one repository serves CPU and GPU nodes.
+    files: dict[str, Content] = {"config.pbtxt": config, f"configs/{GPU_CONFIG_NAME}.pbtxt": gpu_config(config)}
     v = str(int(version))
     if savedmodel_dir is not None:
         files[f"{v}/model.savedmodel"] = Path(savedmodel_dir)
@@ -363,7 +399,7 @@ def render(manifest: Manifest, export_dir: Path | None, *, ctx: BuildContext, pl
     model_dir = ctx.output / ctx.name
     # Stage beside the repository, not in it: Triton refuses to start on a folder it cannot load.
     return Layout(root=model_dir, model_dir=model_dir, files=files, exclusive=(str(ctx.version),),
-                  replace=("warmup", OP_DIR), staging=ctx.output.parent)
+                  replace=("warmup", OP_DIR, "configs"), staging=ctx.output.parent)
 
 
 def stack(plan: Plan, *, name: str) -> "StackOptions":
