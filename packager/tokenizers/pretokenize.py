@@ -944,3 +944,320 @@ def find_matches(prog: Program, member_of_cp: Callable[[Atom], np.ndarray], text
         else:
             i += 1
     return out
+
+
+# ------------------------------------------------------------------------------------ char predicates
+# tokenizers' char-predicate patterns (Digits: char::is_numeric, WhitespaceSplit: char::is_whitespace,
+# Punctuation: is_punc) follow Rust's Unicode tables: probed through those pre-tokenizers themselves.
+def _probe_predicate(kind: str) -> np.ndarray:
+    def run():
+        from tokenizers import pre_tokenizers as P
+
+        out = np.zeros(N_CODEPOINTS, dtype=bool)
+        cps = all_codepoints()
+        chars = all_chars()
+        chunk = 1 << 15
+        if kind == "whitespace":
+            pre = P.WhitespaceSplit()
+            kept = np.zeros(len(chars), dtype=bool)
+            for i in range(0, len(chars), chunk):
+                for _, (s, e) in pre.pre_tokenize_str(chars[i: i + chunk]):
+                    kept[i + s: i + e] = True
+            out[cps] = ~kept
+            return {"member": out}
+        pre = P.Digits(individual_digits=True) if kind == "numeric" else P.Punctuation(behavior="isolated")
+        filler = "a"
+        for i in range(0, len(chars), chunk):
+            part = chars[i: i + chunk]
+            text = "".join(filler + c for c in part)
+            singles = {s for _, (s, e) in pre.pre_tokenize_str(text) if e - s == 1 and s % 2 == 1}
+            for j in range(len(part)):
+                if 2 * j + 1 in singles:
+                    out[cps[i + j]] = True
+        return {"member": out}
+
+    return cached("predicate", kind, run)["member"]
+
+
+_PREDICATES = {"@numeric": "numeric", "@whitespace": "whitespace", "@punctuation": "punctuation"}
+_atom_member_regex = atom_member
+
+
+def atom_member(atom: Atom) -> np.ndarray:  # noqa: F811 - extends the regex version with predicates
+    """bool ``[0x110000]``: code points the atom matches (probed through HF unless a literal)."""
+    if atom.source in _PREDICATES:
+        return _probe_predicate(_PREDICATES[atom.source])
+    return _atom_member_regex(atom)
+
+
+# ------------------------------------------------------------------------------------ pre-tokenizers
+SPLIT_BEHAVIORS = ("Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous")
+SUPPORTED_PRE_TOKENIZERS = ("ByteLevel", "Split", "Digits", "WhitespaceSplit", "Punctuation", "CharDelimiterSplit",
+                            "Sequence")
+SUPPORTED_NORMALIZERS = ("NFC", "NFKC", "NFD", "NFKD", "Lowercase", "StripAccents", "Replace", "Prepend", "Strip",
+                         "Sequence")
+
+
+def _behavior(name) -> str:
+    b = {"removed": "Removed", "isolated": "Isolated", "merged_with_previous": "MergedWithPrevious",
+         "merged_with_next": "MergedWithNext", "contiguous": "Contiguous"}.get(str(name).lower(), name)
+    if b not in SPLIT_BEHAVIORS:
+        raise UnsupportedError(f"unsupported split behavior {name!r}. Supported: {', '.join(SPLIT_BEHAVIORS)}")
+    return b
+
+
+def pattern_program(pattern: dict) -> Program:
+    """A tokenizer.json ``{"Regex": ...}`` / ``{"String": ...}`` pattern -> :class:`Program`."""
+    if "Regex" in pattern:
+        return compile_regex(pattern["Regex"])
+    if "String" in pattern:
+        return literal_program(pattern["String"])
+    raise UnsupportedError(f"unsupported pattern {pattern!r}")
+
+
+def pre_tokenizer_steps(spec: dict | None) -> list[tuple]:
+    """tokenizer.json ``pre_tokenizer`` -> steps:
+
+    ``("split", Program, behavior, invert)`` or ``("byte_level", add_prefix_space, use_regex)``.
+
+    Raises:
+        UnsupportedError: naming an unsupported pre-tokenizer (and listing the supported ones).
+    """
+    if not spec:
+        return []
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return [s for p in spec.get("pretokenizers", []) for s in pre_tokenizer_steps(p)]
+    if kind == "ByteLevel":
+        return [("byte_level", bool(spec.get("add_prefix_space", True)), bool(spec.get("use_regex", True)))]
+    if kind == "Split":
+        return [("split", pattern_program(spec["pattern"]), _behavior(spec["behavior"]), bool(spec.get("invert")))]
+    if kind == "Digits":
+        beh = "Isolated" if spec.get("individual_digits") else "Contiguous"
+        return [("split", class_program(Atom("@numeric")), beh, False)]
+    if kind == "WhitespaceSplit":
+        return [("split", class_program(Atom("@whitespace")), "Removed", False)]
+    if kind == "Punctuation":
+        return [("split", class_program(Atom("@punctuation")), _behavior(spec.get("behavior", "Isolated")), False)]
+    if kind == "CharDelimiterSplit":
+        return [("split", literal_program(spec["delimiter"]), "Removed", False)]
+    raise UnsupportedError(
+        f"unsupported BPE pre-tokenizer {kind!r}. Supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
+
+
+def normalizer_steps(spec: dict | None) -> list[tuple]:
+    """tokenizer.json ``normalizer`` -> steps: ``("nfc",)``, ``("lowercase",)``, ``("replace", Program,
+    content)``, ``("prepend", text)``, ``("strip", left, right)`` ...
+
+    Raises:
+        UnsupportedError: naming an unsupported normalizer (and listing the supported ones).
+    """
+    if not spec:
+        return []
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return [s for n in spec.get("normalizers", []) for s in normalizer_steps(n)]
+    if kind in ("NFC", "NFKC", "NFD", "NFKD"):
+        return [(kind.lower(),)]
+    if kind == "Lowercase":
+        return [("lowercase",)]
+    if kind == "StripAccents":
+        return [("strip_accents",)]
+    if kind == "Replace":
+        prog = pattern_program(spec["pattern"])
+        return [("replace", prog, spec.get("content", ""))]
+    if kind == "Prepend":
+        return [("prepend", spec.get("prepend", ""))]
+    if kind == "Strip":
+        return [("strip", bool(spec.get("strip_left", True)), bool(spec.get("strip_right", True)))]
+    raise UnsupportedError(f"unsupported BPE normalizer {kind!r}. Supported: {', '.join(SUPPORTED_NORMALIZERS)}")
+
+
+# ------------------------------------------------------------------------------------ normalizer tables
+def _normalize_all(norm, separator: str = "0", chunk: int = 8192) -> tuple[list[int], list[str]]:
+    """``norm(chr(c))`` for every code point whose result differs, fast (chunks joined by a starter)."""
+    keys, outs = [], []
+    chars = all_chars()
+    sep_ok = norm(separator * 3) == separator * 3
+    for i in range(0, len(chars), chunk):
+        part = chars[i: i + chunk]
+        parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
+        if parts is None or len(parts) != len(part):
+            parts = [norm(ch) for ch in part]
+        for ch, p in zip(part, parts):
+            if p != ch:
+                keys.append(ord(ch))
+                outs.append(p)
+    return keys, outs
+
+
+def char_map_table(kind: str) -> dict[int, list[int]]:
+    """Code point -> replacement for a per-character HF normalizer (``lowercase``, ``strip_accents``)."""
+    def run():
+        from tokenizers import normalizers as N
+
+        norm = {"lowercase": N.Lowercase(), "strip_accents": N.StripAccents()}[kind]
+        keys, outs = _normalize_all(norm.normalize_str)
+        lens = np.array([len(o) for o in outs], dtype=np.int64)
+        return {"keys": np.array(keys, dtype=np.int64), "splits": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                "chars": np.array([ord(c) for o in outs for c in o], dtype=np.int64)}
+
+    t = cached("charmap", kind, run)
+    sp = t["splits"]
+    return {int(k): t["chars"][sp[i]: sp[i + 1]].tolist() for i, k in enumerate(t["keys"])}
+
+
+def unicode_tables(kind: str) -> dict[str, np.ndarray]:
+    """Tables for ``nfd``/``nfkd``/``nfc``/``nfkc`` that reproduce HF's (older) Unicode normalization.
+
+    Keys: ``dec_keys``/``dec_splits``/``dec_chars`` (full decompositions, HF's), ``ccc`` (canonical
+    combining class, HF's: a character HF does not reorder has class 0), ``inert`` (the character is
+    unchanged by the form whatever surrounds it), and for the composing forms ``pair_first``,
+    ``pair_second``, ``pair_composite``, ``is_second`` (HF's primary compositions, Hangul included).
+    """
+    return cached("unicode", kind, lambda: _unicode_tables(kind))
+
+
+def _unicode_tables(kind: str) -> dict[str, np.ndarray]:
+    from tokenizers import normalizers as N
+
+    dec_kind = {"nfc": "nfd", "nfkc": "nfkd"}.get(kind, kind)
+    dec_norm = {"nfd": N.NFD(), "nfkd": N.NFKD()}[dec_kind].normalize_str
+    nfd = N.NFD().normalize_str
+    nfc = N.NFC().normalize_str
+    keys, outs = _normalize_all(dec_norm)
+    dec = dict(zip(keys, outs))
+    ccc = _probe_ccc(nfd)
+    out: dict[str, np.ndarray] = {}
+    lens = np.array([len(o) for o in outs], dtype=np.int64)
+    out["dec_keys"] = np.array(keys, dtype=np.int64)
+    out["dec_splits"] = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    out["dec_chars"] = np.array([ord(c) for o in outs for c in o], dtype=np.int64)
+    out["ccc"] = ccc
+    inert = ccc == 0
+    inert[np.array(keys, dtype=np.int64)] = False
+    if kind in ("nfc", "nfkc"):
+        pairs = _composition_pairs(nfc)
+        first = np.array([p[0] for p in pairs], dtype=np.int64)
+        second = np.array([p[1] for p in pairs], dtype=np.int64)
+        comp = np.array([p[2] for p in pairs], dtype=np.int64)
+        is_second = np.zeros(N_CODEPOINTS, dtype=bool)
+        is_second[second] = True
+        out.update(pair_first=first, pair_second=second, pair_composite=comp, is_second=is_second)
+        # inert: unchanged by the form alone, a starter, and its decomposition's first char never
+        # composes with what precedes it
+        form = (N.NFC() if kind == "nfc" else N.NFKC()).normalize_str
+        fkeys, _ = _normalize_all(form)
+        inert = ccc == 0
+        inert[np.array(fkeys, dtype=np.int64)] = False
+        first_dec = np.arange(N_CODEPOINTS, dtype=np.int64)
+        for k, o in dec.items():
+            first_dec[k] = ord(o[0]) if o else k
+        inert &= ~is_second[first_dec]
+    out["inert"] = inert
+    return out
+
+
+def _probe_ccc(nfd) -> np.ndarray:
+    """Canonical combining classes as HF reorders: Python's values where HF treats the character as
+    a non-starter (values are immutable across Unicode versions), 0 elsewhere."""
+    cps = all_codepoints()
+    hi, lo = "\u0345", "\u0334"  # classes 240 and 1
+    non = np.zeros(N_CODEPOINTS, dtype=bool)
+    chars = [chr(c) for c in cps.tolist()]
+    chunk = 8192
+    for i in range(0, len(chars), chunk):
+        part = [c for c in chars[i: i + chunk]]
+        a = nfd("0" + "0".join(hi + c for c in part) + "0").split("0")[1:-1]
+        b = nfd("0" + "0".join(c + lo for c in part) + "0").split("0")[1:-1]
+        if len(a) != len(part) or len(b) != len(part):
+            a = [nfd(hi + c) for c in part]
+            b = [nfd(c + lo) for c in part]
+        for c, x, y in zip(part, a, b):
+            if nfd(c) != c:
+                continue
+            if x != hi + c or y != c + lo:
+                non[ord(c)] = True
+    ccc = np.zeros(N_CODEPOINTS, dtype=np.int64)
+    for c in np.flatnonzero(non).tolist():
+        v = unicodedata.combining(chr(c))
+        if v == 0:
+            raise UnsupportedError(f"U+{c:04X} is a combining mark in tokenizers' Unicode tables but unknown to "
+                                   f"Python's ({unicodedata.unidata_version}); its combining class cannot be derived")
+        ccc[c] = v
+    return ccc
+
+
+def _composition_pairs(nfc) -> list[tuple[int, int, int]]:
+    """(first, second, composite) for every canonical composition HF's NFC performs."""
+    cand = []
+    for c in range(N_CODEPOINTS):
+        if 0xD800 <= c < 0xE000:
+            continue
+        d = unicodedata.decomposition(chr(c))
+        if not d or d.startswith("<"):
+            continue
+        parts = d.split()
+        if len(parts) == 2:
+            cand.append((int(parts[0], 16), int(parts[1], 16), c))
+    for li in range(19):
+        for vi in range(21):
+            lv = 0xAC00 + (li * 21 + vi) * 28
+            cand.append((0x1100 + li, 0x1161 + vi, lv))
+            for ti in range(1, 28):
+                cand.append((lv, 0x11A7 + ti, lv + ti))
+    out = []
+    chunk = 4096
+    for i in range(0, len(cand), chunk):
+        part = cand[i: i + chunk]
+        got = nfc("0" + "0".join(chr(a) + chr(b) for a, b, _ in part) + "0").split("0")[1:-1]
+        if len(got) != len(part):
+            got = [nfc(chr(a) + chr(b)) for a, b, _ in part]
+        out.extend((a, b, p) for (a, b, p), g in zip(part, got) if g == chr(p))
+    return out
+
+
+def reference_normalize(kind: str, text: str) -> str:
+    """The tables' NFC/NFD/... applied in plain Python (the algorithm the graph runs; for tests)."""
+    t = unicode_tables(kind)
+    sp = t["dec_splits"]
+    dec = {int(k): t["dec_chars"][sp[i]: sp[i + 1]].tolist() for i, k in enumerate(t["dec_keys"])}
+    ccc = t["ccc"]
+    d = [c for ch in text for c in dec.get(ord(ch), [ord(ch)])]
+    # canonical order: stable sort of each run of non-starters
+    i = 0
+    out = []
+    while i < len(d):
+        if ccc[d[i]] == 0:
+            out.append(d[i])
+            i += 1
+            continue
+        j = i
+        while j < len(d) and ccc[d[j]] != 0:
+            j += 1
+        out.extend(sorted(d[i:j], key=lambda c: ccc[c]))
+        i = j
+    if kind in ("nfd", "nfkd"):
+        return "".join(map(chr, out))
+    pairs = {(int(a), int(b)): int(p) for a, b, p in zip(t["pair_first"], t["pair_second"], t["pair_composite"])}
+    res: list[int] = []
+    starter = None  # index in res
+    last_ccc = None
+    for c in out:
+        k = int(ccc[c])
+        if starter is None:
+            res.append(c)
+            if k == 0:
+                starter, last_ccc = len(res) - 1, None
+            continue
+        comp = pairs.get((res[starter], c))
+        if comp is not None and (last_ccc is None or last_ccc < k):
+            res[starter] = comp
+            continue
+        if k == 0:
+            res.append(c)
+            starter, last_ccc = len(res) - 1, None
+        else:
+            res.append(c)
+            last_ccc = k
+    return "".join(map(chr, res))
