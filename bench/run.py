@@ -72,7 +72,7 @@ CONTENDERS = {
 
 
 def set_threads(n: int) -> None:
-    """Thread settings for TF and torch in THIS process (bench/chunking.py and bench/profile.py use it)."""
+    """Thread settings for TF and torch in THIS process (bench/chunking.py and bench/batch1_profile.py use it)."""
     import tensorflow as tf
 
     try:
@@ -207,12 +207,18 @@ def call_timeout(n_texts: int, batch: int, per_text_s: float) -> float:
 
 
 def interleaved(workers: dict, errors: dict, workload: str, n: int, batch: int, rounds: int, outdir: Path,
-                per_text_s: float, echo=print, reference: str = "st") -> dict:
-    """Warm every worker, then ``rounds`` timed passes over the first ``n`` texts, contenders rotated."""
+                per_text_s: float, echo=print, reference: str = "st", warm_calls: int = 3,
+                reference_array: np.ndarray | None = None) -> dict:
+    """Warm every worker, then ``rounds`` timed passes over the first ``n`` texts, contenders rotated.
+
+    Accuracy is against the ``reference`` worker's embeddings of the same batches, or against the first
+    ``n`` rows of ``reference_array`` when given.
+    """
     timeout = call_timeout(n, batch, per_text_s)
     for name in list(workers):
         try:
-            workers[name].call(timeout, op="warm", name=workload, batch=batch, calls=3)
+            workers[name].call(timeout * (2 if warm_calls <= 0 else 1), op="warm", name=workload, batch=batch,
+                               calls=warm_calls)
         except WorkerError as exc:
             errors[name] = str(exc)
             workers.pop(name).close()
@@ -236,6 +242,8 @@ def interleaved(workers: dict, errors: dict, workload: str, n: int, batch: int, 
     row = {}
     ref_path = outdir / f"{reference}-{workload}-{batch}.npy"
     ref = np.load(ref_path) if ref_path.is_file() and reference in workers else None
+    if reference_array is not None:
+        ref = reference_array[:n]
     for name in names:
         if name not in workers or not runs[name]:
             continue

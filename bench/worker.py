@@ -11,7 +11,7 @@ Protocol: one JSON object per line. The worker answers every request with one li
 to loading (``{"ok": true, "op": "ready", "info": {...}}``). Requests:
 
 * ``{"op": "texts", "name": N, "path": P}``: load a JSON list of strings as workload ``N``.
-* ``{"op": "warm", "name": N, "batch": B, "calls": K}``: K untimed calls.
+* ``{"op": "warm", "name": N, "batch": B, "calls": K}``: K untimed calls (K <= 0: a full pass).
 * ``{"op": "time", "name": N, "batch": B, "n": M, "out": PATH|null}``: embed the first M texts of
   N in batches of B, one call per batch, timing each call with ``perf_counter`` here (so the pipe
   costs nothing); answers ``{"seconds": total, "lat_ms": [...]}``. With ``out``, the embeddings of
@@ -165,7 +165,22 @@ def make_fastembed(spec):
     return embed, {"fastembed": getattr(fastembed, "__version__", "?"), "onnxruntime": ort.__version__}
 
 
-KINDS = {"graph": make_graph, "st": make_st, "hf_tokenizer": make_hf_tokenizer, "ort": make_ort,
+def make_lever(spec):
+    """A variant of the serving graph (``bench/levers.py``), for the batch-1 profile."""
+    import tensorflow as tf
+
+    n = _threads()
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+    tf.config.threading.set_inter_op_parallelism_threads(int(spec.get("inter_op", 1)))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.levers import LEVERS, build
+
+    embed = build(spec)
+    return embed, {"tensorflow": tf.__version__, "lever": LEVERS[spec["lever"]][0],
+                   "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"), "threads": n}
+
+
+KINDS = {"lever": make_lever, "graph": make_graph, "st": make_st, "hf_tokenizer": make_hf_tokenizer, "ort": make_ort,
          "openvino": make_openvino, "fastembed": make_fastembed}
 
 
@@ -201,7 +216,8 @@ def serve(kind: str, spec: dict, inp, out) -> int:
                 answer({"ok": True, "n": len(texts[req["name"]])})
             elif op == "warm":
                 data, b = texts[req["name"]], int(req["batch"])
-                for i in range(int(req.get("calls", 2))):
+                calls = int(req.get("calls", 2))
+                for i in range(calls if calls > 0 else (len(data) + b - 1) // b):  # <= 0: one full pass
                     embed(data[i * b:(i + 1) * b] or data[:b])
                 answer({"ok": True})
             elif op == "time":
