@@ -75,8 +75,11 @@ def make_bert(root: Path, *, model_type="bert", lowercase=True, strip_accents=No
     vocab = _wordpiece_vocab(training_text(seed=seed), vocab_size, lowercase, strip_accents, chinese, specials)
     (hf_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tok_cls = tr.DistilBertTokenizerFast if model_type == "distilbert" else tr.BertTokenizerFast
-    tok = tok_cls(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=lowercase, strip_accents=strip_accents,
+    # transformers 5's BERT tokenizers take the vocabulary itself (vocab_file is ignored: every word
+    # would be [UNK]); the assert keeps the fixture honest.
+    tok = tok_cls(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=lowercase, strip_accents=strip_accents,
                   tokenize_chinese_chars=chinese)
+    assert len(tok) == len(vocab) and tok.tokenize("the quick brown fox") != ["[UNK]"] * 4, tok.tokenize("the quick brown fox")
     tok.save_pretrained(str(hf_dir))
     torch.manual_seed(seed)
     if model_type == "distilbert":
