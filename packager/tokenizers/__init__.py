@@ -1,7 +1,8 @@
 """In-graph tokenizers that give exactly the Hugging Face tokenizer's ids.
 
 ``build_tokenizer`` picks the implementation from the HF fast tokenizer's model type:
-WordPiece (bert, distilbert, mpnet) -> ``wordpiece.py``; Unigram (xlm-roberta) -> ``sentencepiece.py``.
+WordPiece (bert, distilbert, mpnet) -> ``wordpiece.py``; Unigram (xlm-roberta) -> ``sentencepiece.py``;
+BPE (roberta, modernbert, qwen2/3, gpt2, llama 3 ...) -> ``bpe.py``.
 
 Contract of the returned ``tf.Module``:
     tokenize(strings: tf.string [B]) -> (input_ids int64 [B, T], attention_mask int64 [B, T])
@@ -38,4 +39,8 @@ def build_tokenizer(hf_tokenizer, module_dir: Path, max_seq_length: int):
         from .sentencepiece import SentencePieceTokenizer
 
         return SentencePieceTokenizer(hf_tokenizer, module_dir, max_seq_length)
-    raise UnsupportedError(f"unsupported tokenizer model {model_type!r}. Supported: WordPiece, Unigram")
+    if model_type == "BPE":
+        from .bpe import BPETokenizer
+
+        return BPETokenizer(hf_tokenizer, max_seq_length)
+    raise UnsupportedError(f"unsupported tokenizer model {model_type!r}. Supported: WordPiece, Unigram, BPE")
