@@ -656,7 +656,12 @@ class PreTokenizer(tf.Module):
 
 
 # ------------------------------------------------------------------------------------ BPE model
-RANK_SHIFT = 24  # packed merge value: rank << 24 | monotone << 23 | new id (< 2**23)
+# packed merge value: rank << 35 | reach << 24 | monotone << 23 | new id (< 2**23)
+RANK_SHIFT = 35
+REACH_SHIFT = 24
+MAX_REACH = (1 << 11) - 1
+# words with at least this many symbols also use the window rule (see BPEMerger.merge)
+LONG_WORD = 24
 
 
 class BPEMerger(tf.Module):
@@ -685,8 +690,10 @@ class BPEMerger(tf.Module):
         m = model.n_merges
         self.n_merges = m
         if m:
-            packed = (np.arange(m, dtype=np.int64) << RANK_SHIFT) | (model.monotone.astype(np.int64) << 23) \
-                | model.merges_new
+            reach = np.minimum(model.reach, MAX_REACH)
+            packed = (np.arange(m, dtype=np.int64) << RANK_SHIFT) | (reach << REACH_SHIFT) \
+                | (model.monotone.astype(np.int64) << 23) | model.merges_new
+            self.levels = int(np.ceil(np.log2(int(reach.max()) + 2))) + 1
             self.merges = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
                     tf.constant(model.merges_left * size + model.merges_right, tf.int64), tf.constant(packed, tf.int64)),
@@ -835,6 +842,10 @@ class BPEMerger(tf.Module):
             offset = pos - _prev_true(run_start)
             even = tf.equal(tf.math.floormod(offset, 2), 0)
             do = is_first | (cand & mono & even)
+            wlen = tf.math.unsorted_segment_sum(tf.ones_like(word), word, nw)
+            do = tf.cond(tf.reduce_max(tf.concat([wlen, [0]], 0)) >= LONG_WORD,
+                         lambda: do | self._window_safe(rank, packed, mono, word, pos),
+                         lambda: do)
             new_id = tf.bitwise.bitwise_and(packed, (1 << 23) - 1)
             sym = tf.where(do, new_id, sym)
             removed = tf.concat([[False], do[:-1]], 0)
@@ -855,6 +866,46 @@ class BPEMerger(tf.Module):
         ids = tf.boolean_mask(out, alive)
         lens = tf.math.unsorted_segment_sum(tf.cast(alive, tf.int64), rowids(splits), nw)
         return ids, splits_from_lengths(lens)
+
+    def _window_safe(self, rank, packed, mono, word, pos):
+        """Pairs no earlier merge can pre-empt: the strict minimum within their reach.
+
+        A chain of earlier-ranked merges that changes a neighbour of pair p builds one token
+        spanning from its start to p; tokens made by merges ranked below p's are at most ``reach``
+        symbols long, so pairs farther than ``reach + 1`` cannot interfere. If p's merge is also
+        monotone, what it creates ranks after it, and merging it now is what HF does later.
+        """
+        n = tf.size(rank, out_type=tf.int64)
+        reach = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed, REACH_SHIFT), MAX_REACH) + 1
+        new_word = tf.concat([[True], tf.not_equal(word[1:], word[:-1])], 0)
+        w_first = _prev_true(new_word)
+        w_last_pair = _next_true(tf.concat([tf.not_equal(word[1:], word[:-1]), [True]], 0)) - 1
+        # sparse table of range minima (static number of levels)
+        table = [rank]
+        for k in range(1, self.levels):
+            prev = table[-1]
+            step = 1 << (k - 1)
+            table.append(tf.minimum(prev, tf.concat([prev[step:], tf.fill([step], tf.constant(BIG, tf.int64))], 0)))
+        st = tf.stack(table)  # [K, n]
+
+        def range_min(lo, hi):  # inclusive; empty ranges give BIG
+            length = hi - lo + 1
+            ok = length > 0
+            ln = tf.maximum(length, 1)
+            k = tf.cast(tf.math.floor(tf.math.log(tf.cast(ln, tf.float64)) / np.log(2.0) + 1e-9), tf.int64)
+            k = tf.minimum(k, self.levels - 1)
+            a = tf.gather_nd(st, tf.stack([k, tf.clip_by_value(lo, 0, n - 1)], 1))
+            b = tf.gather_nd(st, tf.stack([k, tf.clip_by_value(hi - tf.bitwise.left_shift(tf.ones_like(k), k) + 1,
+                                                              0, n - 1)], 1))
+            return tf.where(ok, tf.minimum(a, b), BIG)
+
+        left = range_min(tf.maximum(w_first, pos - reach), pos - 1)
+        right = range_min(pos + 1, tf.minimum(w_last_pair, pos + reach))
+        finite = rank < BIG
+        prev_rank = tf.concat([[BIG], rank[:-1]], 0)
+        next_rank = tf.concat([rank[1:], [BIG]], 0)
+        in_run = tf.equal(prev_rank, rank) | tf.equal(next_rank, rank)
+        return finite & mono & ~in_run & (right >= rank) & (left >= rank)
 
     def whole_words(self, words: Words):
         """ignore_merges: the id of each word that is itself a vocab entry, else -1."""
