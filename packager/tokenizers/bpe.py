@@ -885,7 +885,7 @@ class BPEMerger(tf.Module):
         for k in range(1, self.levels):
             prev = table[-1]
             step = 1 << (k - 1)
-            table.append(tf.minimum(prev, tf.concat([prev[step:], tf.fill([step], tf.constant(BIG, tf.int64))], 0)))
+            table.append(tf.minimum(prev, tf.concat([prev, tf.fill([step], tf.constant(BIG, tf.int64))], 0)[step:]))
         st = tf.stack(table)  # [K, n]
 
         def range_min(lo, hi):  # inclusive; empty ranges give BIG

