@@ -4,6 +4,7 @@
     packager verify [MODEL] --export DIR      parity report against sentence-transformers
     packager verify [MODEL] --url URL --model NAME
     packager embed  TEXT... --export DIR      print embeddings (or --url URL --model NAME)
+    packager rerank QUERY DOC... --export DIR print a reranker's scores (or --url URL --model NAME)
     packager build  [MODEL] --target triton|tfserving
     packager serve  [REPO]                    a real local tritonserver (python backend)
 
@@ -29,27 +30,36 @@ MODEL_HELP = "model folder, model name in the local HF cache, or omit for the em
 def cmd_export(args) -> int:
     from .graph import export
 
-    m = export(args.model, args.output, force=args.force)
+    m = export(args.model, args.output, force=args.force, truncate_dim=args.truncate_dim)
     print(f"exported {m.source} -> {args.output}  (dim {m.output_dim}, max_seq_length {m.max_seq_length}, "
           f"op libraries: {', '.join(m.op_libraries) or 'none'})")
     return 0
 
 
-def _live_or_export(args):
-    """(embed, tokenize) for ``--url`` (a live server) or ``--export`` (in-process)."""
+def _live_or_export(args, rerank: bool = False):
+    """(embed or score, tokenize or None) for ``--url`` (a live server) or ``--export`` (in-process)."""
     from . import verify as v
 
+    prompt = getattr(args, "prompt", None)
     if args.url:
-        from .clients import embedder
+        from .clients import embedder, reranker
 
         if not args.model_name:
             raise PackagerError("--url needs --model NAME (the served model name)")
-        return embedder(args.url, args.model_name, protocol=args.protocol), None
+        make = reranker if rerank else embedder
+        return make(args.url, args.model_name, protocol=args.protocol, prompt_name=prompt), None
     if not args.export:
         raise PackagerError("give --export DIR (an exported SavedModel) or --url URL --model NAME (a live server)")
-    from .graph import load
+    from .graph import load, read_manifest
 
-    return v.graph_functions(load(args.export))
+    manifest = read_manifest(args.export)
+    if (manifest.task == "rerank") != rerank:
+        raise PackagerError(f"{args.export} is {'a reranker' if manifest.task == 'rerank' else 'an embedding model'}: "
+                            f"use packager {'rerank' if manifest.task == 'rerank' else 'embed'}")
+    if prompt is not None and prompt not in manifest.prompt_names:
+        raise PackagerError(f"unknown prompt {prompt!r}; the model's prompts: {', '.join(manifest.prompt_names) or 'none'}")
+    embed, tokenize = v.graph_functions(load(args.export, manifest), prompt_name=prompt)
+    return embed, (None if prompt is not None else tokenize)
 
 
 def cmd_verify(args) -> int:
@@ -57,9 +67,18 @@ def cmd_verify(args) -> int:
     from .source import resolve_model
 
     texts = v.load_corpus(args.corpus)
-    embed, tokenize = _live_or_export(args)
-    reference = v.reference_model(resolve_model(args.model)[0])
-    report = v.check(texts, reference, embed, tokenize, min_id_match=args.min_id_match, max_abs_diff=args.max_abs_diff)
+    truncate_dim = args.truncate_dim
+    if truncate_dim is None and args.export:
+        from .manifest import read as read_manifest
+
+        truncate_dim = read_manifest(args.export).truncate_dim
+    reference = v.reference_model(resolve_model(args.model)[0], truncate_dim=truncate_dim)
+    rerank = v.is_reranker(reference)
+    if rerank:
+        texts = v.rerank_pairs(texts)
+    embed, tokenize = _live_or_export(args, rerank=rerank)
+    report = v.check(texts, reference, embed, tokenize, min_id_match=args.min_id_match, max_abs_diff=args.max_abs_diff,
+                     prompt_name=args.prompt)
     print(report.render())
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -105,6 +124,19 @@ def _k8s_settings(pairs: list[str]) -> dict:
     return out
 
 
+def cmd_rerank(args) -> int:
+    import numpy as np
+
+    score, _ = _live_or_export(args, rerank=True)
+    scores = np.asarray(score([args.query] * len(args.documents), args.documents))
+    order = np.argsort(-scores[:, -1], kind="stable")
+    print(f"query: {args.query[:70]!r}")
+    for rank, i in enumerate(order, 1):
+        values = " ".join(f"{x:.6f}" for x in scores[i])
+        print(f"{rank:3d}. [{values}]  {args.documents[i][:70]!r}")
+    return 0
+
+
 def cmd_build(args) -> int:
     from .targets import build, make_options, write_kubernetes, write_stack
 
@@ -115,7 +147,7 @@ def cmd_build(args) -> int:
         raise PackagerError("--k8s sets fields of the Kubernetes bundle: give --kubernetes DIR too")
     options = make_options(args.target, **target_options(args, args.target))
     path = build(args.model, target=args.target, output=args.output, name=args.name, version=args.version or 1,
-                 force=args.force, options=options)
+                 force=args.force, options=options, export_options={"truncate_dim": args.truncate_dim})
     print(f"wrote {args.target} layout to {path}")
     if not args.no_compose:
         stack = write_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
@@ -218,6 +250,12 @@ def _add_parity_thresholds(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
 
 
+def _add_truncate_dim(p: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    p.add_argument("--truncate-dim", type=int, metavar="N",
+                   help=help_text or "keep the first N dimensions of each embedding (Matryoshka models), "
+                                     "as SentenceTransformer(truncate_dim=N)")
+
+
 def _add_live(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", help="an exported SavedModel folder (in-process)")
     p.add_argument("--url", help="a live server: http://127.0.0.1:8000 (Triton HTTP), 127.0.0.1:8001 (Triton gRPC) "
@@ -236,19 +274,30 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("model", nargs="?", help=MODEL_HELP)
     e.add_argument("-o", "--output", required=True, help="SavedModel folder to write (atomically)")
     e.add_argument("--force", action="store_true", help="replace an existing export")
+    _add_truncate_dim(e)
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("verify", help="parity report: token ids and embeddings against sentence-transformers")
     v.add_argument("model", nargs="?", help=MODEL_HELP + " (the reference)")
     _add_live(v)
+    v.add_argument("--prompt", help="embedders: the prompt name the server or export applies (default: the model's default)")
+    _add_truncate_dim(v, "the reference's Matryoshka dimension (default: the export's; needed with --url)")
     _add_parity_thresholds(v)
     v.set_defaults(func=cmd_verify)
 
     m = sub.add_parser("embed", help="embed a few texts with an export (in-process) or a live server, and print them")
     m.add_argument("texts", nargs="+", help="the texts to embed")
     _add_live(m)
+    m.add_argument("--prompt", help="one of the model's prompts, e.g. query (default: the model's default prompt)")
     m.add_argument("--show", type=int, default=6, help="how many leading components to print")
     m.set_defaults(func=cmd_embed)
+
+    r = sub.add_parser("rerank", help="score documents against a query with a reranker export or a live server")
+    r.add_argument("query", help="the query")
+    r.add_argument("documents", nargs="+", help="the documents to score")
+    _add_live(r)
+    r.add_argument("--prompt", help="one of the reranker's prompts (applied to the query)")
+    r.set_defaults(func=cmd_rerank)
 
     from .targets import TARGETS
 
@@ -260,6 +309,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", help="served model name (sanitized to [a-z0-9_-]; default: from the model)")
     b.add_argument("--version", type=int, help="version folder to write (default 1; other versions are kept)")
     b.add_argument("--force", action="store_true", help="replace an existing model version")
+    _add_truncate_dim(b)
     b.add_argument("--compose-dir", default="compose", help="where the docker-compose stack goes (default %(default)s/<stack>/)")
     b.add_argument("--no-compose", action="store_true", help="do not write a docker-compose stack")
     b.add_argument("--kubernetes", metavar="DIR", help="triton: also write a Kubernetes bundle (kustomize base, cpu and "

@@ -331,16 +331,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def reference_source(repo: str | Path, model: str) -> str | None:
-    """The sentence-transformers model a served model was built from (``packager-target.json``), if known."""
+def served_export(repo: str | Path, model: str) -> dict:
+    """What a served model was built from (``packager-target.json``'s ``export``), or {} if unknown."""
     import json
 
-    for path in (Path(repo) / model / "packager-target.json",):
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))["export"]["source"]
-        except (OSError, KeyError, ValueError, TypeError):
-            continue
-    return None
+    try:
+        return dict(json.loads((Path(repo) / model / "packager-target.json").read_text(encoding="utf-8"))["export"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+
+
+def reference_source(repo: str | Path, model: str) -> str | None:
+    """The sentence-transformers model a served model was built from, if known."""
+    return served_export(repo, model).get("source")
 
 
 def check_parity(srv: "TritonServer", *, corpus=None, echo=print) -> bool:
@@ -350,17 +353,19 @@ def check_parity(srv: "TritonServer", *, corpus=None, echo=print) -> bool:
         True when every model passes the parity thresholds on both protocols.
     """
     from . import verify as v
-    from .clients import triton_grpc, triton_http
+    from .clients import embedder, reranker
     from .source import DEFAULT_MODEL_NAME, resolve_model
 
-    texts = v.load_corpus(corpus)
+    corpus_texts = v.load_corpus(corpus)
     ok = True
     for model in srv.models:
         source = reference_source(srv.repo, model)
         model_dir = resolve_model(None if source == DEFAULT_MODEL_NAME else source)[0]
-        reference = v.reference_model(model_dir)
-        for proto, embed in (("HTTP", triton_http(srv.http_url, model)), ("gRPC", triton_grpc(srv.grpc_url, model))):
-            report = v.check(texts, reference, embed, None)  # the clients split batches to max_batch_size
+        reference = v.reference_model(model_dir, truncate_dim=served_export(srv.repo, model).get("truncate_dim"))
+        make, texts = (reranker, v.rerank_pairs(corpus_texts)) if v.is_reranker(reference) else (embedder, corpus_texts)
+        for proto, url, protocol in (("HTTP", srv.http_url, "http"), ("gRPC", srv.grpc_url, "grpc")):
+            # the clients split batches to max_batch_size
+            report = v.check(texts, reference, make(url, model, protocol=protocol), None)
             echo(f"{model} over {proto} vs sentence-transformers ({source or 'default model'}):")
             echo(report.render())
             ok = ok and report.ok

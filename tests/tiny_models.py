@@ -254,3 +254,27 @@ def make_cross_encoder(root: Path, *, model_type: str = "bert", num_labels: int 
     out = root / "ce"
     ce.save(str(out))
     return out
+
+
+def with_prompts(model_dir: Path, out: Path, prompts: dict[str, str], default_prompt_name: str | None = None,
+                 include_prompt: bool = True) -> Path:
+    """A copy of a sentence-transformers folder with ``prompts`` (and optionally Pooling's
+    ``include_prompt: false``), checked to load in sentence-transformers as configured."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    out = Path(out)
+    shutil.copytree(model_dir, out)
+    cfg_path = out / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg.update(prompts=prompts, default_prompt_name=default_prompt_name)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if not include_prompt:
+        modules = json.loads((out / "modules.json").read_text())
+        pooling = next(m for m in modules if m["type"].endswith("Pooling"))
+        pcfg = out / pooling["path"] / "config.json"
+        pcfg.write_text(json.dumps(dict(json.loads(pcfg.read_text()), include_prompt=False), indent=2))
+    st = SentenceTransformer(str(out), device="cpu")
+    assert all(st.prompts[k] == v for k, v in prompts.items()) and st.default_prompt_name == default_prompt_name
+    return out

@@ -91,6 +91,51 @@ CASES = [
 ]
 
 
+# byte-level BPE traps (GPT-2 / Llama 3 / Qwen split regexes, ByteLevel, merges, byte fallback)
+BPE_CASES = [
+    # contractions: the regexes special-case 's 't 're 've 'm 'll 'd (case-insensitively in Llama 3 / Qwen)
+    "I'm sure we'll see they're right; you've done it, isn't it? He'd say it's fine.",
+    "WE'LL SEE THEY'RE HERE, I'M OUT, IT'S 'RE 'VE 'S 'LL 'D",
+    "rock 'n' roll, O'Neil's, dogs' bowls, ''quoted'', ’s curly apostrophe, 'sup",
+    "l'ſ long-s contraction and 'ſ alone",
+    # digit runs: \p{N}{1,3} (Llama 3) vs \p{N} (Qwen) vs \p{N}+ (GPT-2)
+    "1 12 123 1234 12345 123456 1234567 12345678901234567890",
+    "v2.0.1-rc3 3.14159 1,000,000 0x1F 2024-01-31 ٣٤٥ ४५६ ½²³ Ⅻ",
+    # whitespace runs before/after words: \s+(?!\S) keeps the last space for the next word
+    "one  two   three    four     five",
+    "     five leading spaces and five trailing     ",
+    "tabs\t\tbetween\twords \t mixed \t",
+    "windows\r\nline\r\nendings\r\n\r\nand blank lines",
+    "unix\n\n\nnewlines\n  indented\n\tcode",
+    "spaces before newline   \n   and after",
+    "\r alone, \r\r\n, \n\r mixed",
+    # emoji ZWJ sequences, flags, skin tones, keycaps
+    "👩‍💻 👨‍👩‍👧‍👦 🏳️‍🌈 🏴‍☠️ 🧑🏽‍🚀 👁️‍🗨️",
+    "🇯🇵🇰🇷🇨🇳🇮🇳 🇪🇺 and tag flag 🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+    "😀😀😀😀😀😀😀😀 repeated emoji and ❤️‍🔥",
+    # CJK and mixed scripts without spaces (one long pre-token)
+    "混合中文English日本語한국어Русский123mixed",
+    "这是一个很长的中文句子没有任何标点符号用来测试字节级别的合并规则是否正确",
+    "ひらがなカタカナ漢字ｶﾀｶﾅ　全角スペース",
+    # combining marks and normalization-sensitive text (NFC / NFKC)
+    "e\u0301 vs \u00e9, A\u030a vs \u00c5 vs \u212b, \u1100\u1161\u11a8 vs \uac01",
+    "o\u0323\u0302 o\u0302\u0323 \u1ed9 stacking order, q\u0307\u0323",
+    "\u0915\u093c \u0958, \u0b47\u0b3e \u0b4b, \u0dd9\u0dcf",
+    # text only byte fallback can encode: rare and private-use characters, astral planes
+    "\U0001d54f\U0001d56b \U0001f9ec \U00020bb7 \ue000\U000f0001 \U0010fffd",
+    "ancient 𓀀𓀁 cuneiform 𒀭 and emoji 🪿 🫎 with rare CJK 𪚥",
+    # punctuation runs, code, markup
+    "...!!!??? --- === *** ### @@@ $$$ %%% ^^^ &&& ((())) [[[]]] {{{}}}",
+    "<div class=\"x\">a &amp; b</div> <!-- comment --> <br/>",
+    "for (int i = 0; i < n; ++i) { sum += a[i] * b[i]; }  // C-style",
+    "    def method(self):\n        return self._value  # four-space indent",
+    "path/to/file.txt C:\\Windows\\System32 ~/.config/app.json",
+    # special-token text of decoder tokenizers
+    "<|endoftext|> <|im_start|>user\nhello<|im_end|> <|begin_of_text|>",
+    "<think>reasoning</think> <tool_call>{}</tool_call> <|endoftext",
+]
+
+
 def long_texts():
     rng = random.Random(0)
     words = ("search engine embedding vector model serving latency throughput token "
@@ -106,7 +151,7 @@ def long_texts():
 
 def main():
     path = pathlib.Path(__file__).with_name("corpus.jsonl")
-    lines = CASES + long_texts()
+    lines = CASES + long_texts() + BPE_CASES
     path.write_text("".join(json.dumps(s, ensure_ascii=True) + "\n" for s in lines))
     print(f"wrote {len(lines)} lines to {path}")
 

@@ -115,6 +115,8 @@ def read_bert_style(config: dict, weights: dict, padding_idx: int | None) -> Pos
         activation=config["hidden_act"],
         layer_norm_eps=config["layer_norm_eps"],
         padding_idx=padding_idx,
+        # Pairs carry type 1 on the second text: added as a difference to type 0 (already folded in).
+        type_deltas=(types[1:] - types[0][np.newaxis, :]) if types is not None and types.shape[0] > 1 else None,
     )
 
 

@@ -46,6 +46,11 @@ INPUT_SIGNATURE = (
     tf.TensorSpec([None, None], tf.int64, name="input_ids"),
     tf.TensorSpec([None, None], tf.int64, name="attention_mask"),
 )
+PAIR_SIGNATURE = (
+    tf.TensorSpec([None, None], tf.int64, name="input_ids"),
+    tf.TensorSpec([None, None], tf.int64, name="token_type_ids"),
+    tf.TensorSpec([None, None], tf.int64, name="attention_mask"),
+)
 
 
 # --------------------------------------------------------------------------- graph pieces
@@ -134,10 +139,17 @@ class ChunkedEncoder(tf.Module):
             return self.forward(input_ids, attention_mask)
         return self.forward_sorted(input_ids, attention_mask)
 
-    def forward(self, input_ids, attention_mask, position_offset=0):
+    @tf.function(input_signature=PAIR_SIGNATURE)
+    def with_token_types(self, input_ids, token_type_ids, attention_mask):
+        """:meth:`__call__` for inputs that carry token types (sentence pairs)."""
+        if not self.unpad:
+            return self.forward(input_ids, attention_mask, token_type_ids=token_type_ids)
+        return self.forward_sorted(input_ids, attention_mask, token_type_ids=token_type_ids)
+
+    def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None):
         raise NotImplementedError
 
-    def forward_sorted(self, input_ids, attention_mask, chunk_tokens: int = CHUNK_TOKENS):
+    def forward_sorted(self, input_ids, attention_mask, chunk_tokens: int = CHUNK_TOKENS, token_type_ids=None):
         """:meth:`forward` over length-sorted chunks of the batch; the same result up to float rounding.
 
         Rows are sorted by span (last real column + 1 - first real column), longest first. Each chunk
@@ -157,6 +169,7 @@ class ChunkedEncoder(tf.Module):
         order = tf.argsort(span, direction="DESCENDING", stable=True)
         s_span, s_first, s_end = tf.gather(span, order), tf.gather(first, order), tf.gather(end, order)
         ids_sorted, mask_sorted = tf.gather(input_ids, order), tf.gather(attention_mask, order)
+        types_sorted = None if token_type_ids is None else tf.gather(token_type_ids, order)
 
         def body(start, done):
             length = tf.maximum(s_span[start], 1)
@@ -164,8 +177,9 @@ class ChunkedEncoder(tf.Module):
             lo = tf.reduce_min(s_first[start:start + rows])
             hi = tf.reduce_max(s_end[start:start + rows])
             lo = tf.minimum(lo, hi)  # a chunk of rows without tokens: an empty cut
+            kw = {} if types_sorted is None else {"token_type_ids": types_sorted[start:start + rows, lo:hi]}
             h = self.forward(ids_sorted[start:start + rows, lo:hi], mask_sorted[start:start + rows, lo:hi],
-                             position_offset=lo)
+                             position_offset=lo, **kw)
             h = tf.pad(h, [[0, 0], [lo, seq - hi], [0, 0]])
             return start + rows, tf.concat([done, h], axis=0)
 
@@ -239,8 +253,13 @@ class PostLNEncoder(ChunkedEncoder):
             self.relative_bias = variable(take(w, "relative_bias", release), "relative_attention_bias")
         else:
             self.relative_bias = None
+        if w.type_deltas is not None:
+            deltas = take(w, "type_deltas", release)
+            self.type_deltas = variable(np.concatenate([np.zeros_like(deltas[:1]), deltas]), "token_type_deltas")
+        else:
+            self.type_deltas = None
 
-    def forward(self, input_ids, attention_mask, position_offset=0):
+    def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None):
         """The forward pass without a ``tf.function`` wrapper (for composing into a bigger graph).
 
         ``position_offset``: absolute positions start there (a chunk cut from a left-padded
@@ -257,14 +276,19 @@ class PostLNEncoder(ChunkedEncoder):
             flat_pos = tf.reshape(tf.broadcast_to(pos, shape), [-1])
         else:
             flat_pos = tf.reshape(positions_from_input_ids(input_ids, self.padding_idx), [-1])
+        use_types = token_type_ids is not None and self.type_deltas is not None
+        flat_types = tf.reshape(token_type_ids, [-1]) if use_types else None
         if self.unpad:
             # Per-token work (embeddings, projections, FFN: nearly all FLOPs) runs on the N real
             # tokens only, packed as [N, H]; attention alone needs the padded [B, T] layout.
             pack, unpack = packing(attention_mask)
             flat_ids, flat_pos = pack(flat_ids), pack(flat_pos)
+            flat_types = pack(flat_types) if use_types else None
         else:
             pack = unpack = tf.identity
         h = tf.gather(self.word_embeddings, flat_ids) + tf.gather(self.position_embeddings, flat_pos)
+        if use_types:
+            h = h + tf.gather(self.type_deltas, flat_types)
         h = layer_norm(h, self.embed_ln_g, self.embed_ln_b, self.eps)  # 2-D from here on
         act = ACTIVATIONS[self.activation]
         for layer in self.layers:

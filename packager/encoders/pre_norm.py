@@ -138,7 +138,7 @@ class PreNormEncoder(ChunkedEncoder):
             return rms_norm(x, norm[0], self.eps)
         return layer_norm(x, norm[0], norm[1], self.eps)
 
-    def forward(self, input_ids, attention_mask, position_offset=0):
+    def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None):  # no token types
         """The forward pass without a ``tf.function`` wrapper (for composing into a bigger graph).
 
         Args:

@@ -69,6 +69,8 @@ class PostLNWeights:
         padding_idx: None for positions ``0..T-1`` (BERT, DistilBERT); an int for positions counted
             from ``padding_idx + 1`` over non-pad ids (RoBERTa family, MPNet).
         relative_bias: MPNet only: ``[num_heads, 2 * R - 1]`` bias per clipped relative position.
+        type_deltas: ``[types - 1, H]``: token type ``t`` minus type 0 (type 0 is in the position table),
+            for pairs (BERT rerankers); None when the model has one token type.
     """
 
     word_embeddings: np.ndarray
@@ -80,6 +82,7 @@ class PostLNWeights:
     layer_norm_eps: float
     padding_idx: int | None = None
     relative_bias: np.ndarray | None = None
+    type_deltas: np.ndarray | None = None
 
 
 @dataclass

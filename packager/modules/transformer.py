@@ -41,6 +41,7 @@ class Transformer(Module):
     max_seq_length: int = 512
     do_lower_case: bool = False
     weights_file: str = "model.safetensors"
+    task: str = "feature-extraction"
 
     @classmethod
     def from_folder(cls, model_dir: Path, module_dir: Path, **entry) -> "Transformer":
@@ -69,8 +70,13 @@ class Transformer(Module):
             if not candidates:
                 raise ModelError(f"cannot determine max_seq_length for {module_dir}")
             max_len = min(candidates)
+        task = st_config.get("transformer_task") or "feature-extraction"
+        if task == "sequence-classification":
+            from ..encoders.heads import check_config
+
+            check_config(model_type, dict(hf_config))
         return cls(**entry, model_type=model_type, hf_config=hf_config, max_seq_length=int(max_len),
-                   do_lower_case=bool(st_config.get("do_lower_case", False)), weights_file=weights[0])
+                   do_lower_case=bool(st_config.get("do_lower_case", False)), weights_file=weights[0], task=task)
 
     @property
     def hidden_size(self) -> int:
@@ -102,6 +108,12 @@ class Transformer(Module):
         return tok
 
     def build(self, model_dir: Path):
+        """The tokenizer and the encoder (and, for a reranker, its classification head) as one module.
+
+        Features in and out, as sentence-transformers names them: ``tokenize`` gives ``input_ids``,
+        ``attention_mask`` (and ``token_type_ids`` for pairs); ``__call__`` adds ``token_embeddings``,
+        or ``scores`` (the logits) for a sequence-classification model.
+        """
         import tensorflow as tf
 
         from ..encoders import build_encoder
@@ -112,23 +124,47 @@ class Transformer(Module):
         hf_tok = self.load_hf_tokenizer(model_dir)
         tokenizer = build_tokenizer(hf_tok, module_dir, self.max_seq_length)
         weights = load_weights(module_dir / self.weights_file)
+        head = None
+        if self.task == "sequence-classification":
+            from ..encoders.heads import build_head, convert_head
+            from ..tokenizers.hf import check_pair_template
+
+            if tokenizer.post.pair is None:
+                raise UnsupportedError(f"{module_dir}: the tokenizer's post-processor defines no layout for pairs")
+            check_pair_template(hf_tok, tokenizer.post.pair)
+            head = build_head(convert_head(self.model_type, dict(self.hf_config), weights))
         # consume_weights: each checkpoint array is freed once its variables exist (peak memory ~1.8x weights).
         encoder = build_encoder(self.model_type, dict(self.hf_config), weights, consume_weights=True)
         del weights
+        # The model sees token types only where its tokenizer hands them over (BERT yes, XLM-R no).
+        use_types = "token_type_ids" in (getattr(hf_tok, "model_input_names", None) or [])
 
         class TransformerModule(tf.Module):
             def __init__(self):
                 super().__init__(name="transformer")
                 self.tokenizer = tokenizer
                 self.encoder = encoder
+                self.head = head
 
             def tokenize(self, strings):
                 input_ids, attention_mask = self.tokenizer.tokenize(strings)
                 return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+            def tokenize_pairs(self, first, second):
+                input_ids, token_type_ids, attention_mask = self.tokenizer.tokenize_pair(first, second)
+                return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
             def __call__(self, features: dict) -> dict:
                 features = dict(features)
-                features["token_embeddings"] = self.encoder(features["input_ids"], features["attention_mask"])
+                if use_types and "token_type_ids" in features:
+                    hidden = self.encoder.with_token_types(features["input_ids"], features["token_type_ids"],
+                                                           features["attention_mask"])
+                else:
+                    hidden = self.encoder(features["input_ids"], features["attention_mask"])
+                if self.head is not None:
+                    features["scores"] = self.head(hidden, features["attention_mask"])
+                else:
+                    features["token_embeddings"] = hidden
                 return features
 
         return TransformerModule()

@@ -113,23 +113,28 @@ def tfrecords(records: Sequence[bytes]) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ protos
-def predict_request(name: str, texts: Sequence[str | bytes], input_key: str, signature: str = "serving_default"):
-    """A ``PredictRequest`` carrying raw strings as a rank-1 DT_STRING tensor (what TF-Serving feeds the graph)."""
+def predict_request(name: str, texts: Sequence[str | bytes], input_key: str | Sequence[str],
+                    signature: str = "serving_default"):
+    """A ``PredictRequest`` carrying raw strings as rank-1 DT_STRING tensors (what TF-Serving feeds the graph).
+
+    ``input_key`` may name several inputs (a reranker's ``query`` and ``document``): each gets ``texts``.
+    """
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
     from tensorflow_serving.apis import predict_pb2
 
     req = predict_pb2.PredictRequest()
     req.model_spec.name = name
     req.model_spec.signature_name = signature
-    req.inputs[input_key].CopyFrom(tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_STRING,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(texts))]),
-        string_val=[t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in texts],
-    ))
+    for key in [input_key] if isinstance(input_key, str) else list(input_key):
+        req.inputs[key].CopyFrom(tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(texts))]),
+            string_val=[t.encode("utf-8") if isinstance(t, str) else bytes(t) for t in texts],
+        ))
     return req
 
 
-def warmup_records(name: str, input_key: str, texts: Sequence[str]) -> bytes:
+def warmup_records(name: str, input_keys: str | Sequence[str], texts: Sequence[str]) -> bytes:
     """``tf_serving_warmup_requests``: PredictionLogs at batch 1 and at batch len(texts)."""
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -137,7 +142,7 @@ def warmup_records(name: str, input_key: str, texts: Sequence[str]) -> bytes:
     logs = []
     for batch in batches:
         log = prediction_log_pb2.PredictionLog()
-        log.predict_log.request.CopyFrom(predict_request(name, batch, input_key))
+        log.predict_log.request.CopyFrom(predict_request(name, batch, input_keys))
         logs.append(log.SerializeToString())
     return tfrecords(logs)
 
@@ -251,7 +256,7 @@ def render_files(
     if version < 1:
         raise TargetError(f"version must be >= 1, not {version}")
     v = str(int(version))
-    input_key = manifest.input_key
+    input_keys = list(manifest.inputs)
     texts = list(options.warmup_texts) or list(SAMPLE_TEXTS)
     files: dict[str, Content] = {
         MODELS_CONFIG: render_models_config(name, options, existing_models_config, manifest.packager_version),
@@ -260,17 +265,18 @@ def render_files(
     if savedmodel_dir is not None:
         files[f"{name}/{v}"] = Path(savedmodel_dir)
     if options.warmup:
-        files[f"{name}/{v}/{WARMUP_FILE}"] = warmup_records(name, input_key, texts)
+        files[f"{name}/{v}/{WARMUP_FILE}"] = warmup_records(name, input_keys, texts)
     ex = f"{EXAMPLES_DIR}/{name}"
+    instances = texts if len(input_keys) == 1 else [{k: t for k in input_keys} for t in texts]
     files[f"{ex}/predict_rest.json"] = json.dumps(
-        {"signature_name": "serving_default", "instances": texts}, ensure_ascii=False, indent=2) + "\n"
+        {"signature_name": "serving_default", "instances": instances}, ensure_ascii=False, indent=2) + "\n"
     files[f"{ex}/predict_rest.sh"] = render_template("tfserving/predict_rest.sh.j2", name=name)
     files[f"{ex}/predict_grpc.pbtxt"] = (
         "# tensorflow.serving.PredictRequest (text format) for PredictionService/Predict on port 8500\n"
-        + text_format.MessageToString(predict_request(name, texts, input_key), as_utf8=True))
+        + text_format.MessageToString(predict_request(name, texts, input_keys), as_utf8=True))
     files[f"{ex}/predict_grpc.py"] = render_template(
-        "tfserving/predict_grpc.py.j2", name=name, input_key=input_key, output_key=manifest.output_key,
-        sample_texts=texts)
+        "tfserving/predict_grpc.py.j2", name=name, input_keys=input_keys, output_key=manifest.output_key,
+        sample_texts=texts, task=manifest.task)
     return files
 
 

@@ -178,6 +178,14 @@ def warmup_samples(options: TritonOptions) -> list[dict]:
     return [{"name": f"sample_batch_{b}", "batch_size": b, "file": "sample"} for b in sizes]
 
 
+def prompt_input(manifest: Manifest, options: TritonOptions) -> str | None:
+    """The optional prompt-name input: python backend only (the TF backend runs one signature,
+    ``serving_default``, which applies the default prompt)."""
+    from .. import PROMPT_KEY
+
+    return PROMPT_KEY if manifest.prompts and options.backend == "python" else None
+
+
 def render_config(manifest: Manifest, *, name: str, options: TritonOptions, image_tf: str | None = None) -> str:
     """Render ``config.pbtxt`` (a pure function of the export manifest and the options)."""
     require_sanitized(name)
@@ -193,7 +201,9 @@ def render_config(manifest: Manifest, *, name: str, options: TritonOptions, imag
         max_batch_size=options.max_batch_size,
         version_policy=policy if isinstance(policy, str) else [int(v) for v in policy],
         latest_versions=options.latest_versions,
-        input_key=manifest.input_key,
+        task=manifest.task,
+        input_keys=list(manifest.inputs),
+        prompt_key=prompt_input(manifest, options),
         output_key=manifest.output_key,
         dim=manifest.output_dim,
         dynamic_batching=options.dynamic_batching,
@@ -251,7 +261,11 @@ def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) ->
         packager_version=manifest.packager_version,
         source=manifest.source,
         name=name,
-        input_key=manifest.input_key,
+        task=manifest.task,
+        input_keys=list(manifest.inputs),
+        prompt_key=prompt_input(manifest, options),
+        prompt_names=list(manifest.prompt_names),
+        prompt_signature="with_prompt" in manifest.signatures,
         output_key=manifest.output_key,
         op_libraries=list(manifest.op_libraries),
         dim=manifest.output_dim,
@@ -313,7 +327,7 @@ def render_files(
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "export": {k: v for k, v in manifest.to_dict().items()
                    if k in ("source", "name", "task", "output_dim", "max_seq_length", "tensorflow", "tensorflow_text",
-                            "op_libraries", "inputs", "output_key")},
+                            "op_libraries", "inputs", "output_key", "truncate_dim", "default_prompt_name")},
         "version": int(version),
     }
     files[TARGET_INFO] = json.dumps(info, indent=2, ensure_ascii=False) + "\n"

@@ -76,6 +76,7 @@ from .hf import (  # noqa: F401
     WHITE_SPACE,
     AddedToken,
     NormalizedTable,
+    PairTemplate,
     PostProcessor,
     added_tokens,
     all_codepoints,
@@ -496,48 +497,123 @@ def sub_rowids(p: Pieces) -> tf.Tensor:
 # ------------------------------------------------------------------------------------ post-processing
 
 
+def _content(ids: tf.RaggedTensor):
+    ids = ids.with_row_splits_dtype(tf.int64)
+    splits = ids.row_splits
+    return tf.cast(ids.flat_values, tf.int64), splits[:-1], splits[1:] - splits[:-1]
+
+
+def _assemble(segments: list, pad_id: int, padding_side: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Lay out rows from segments, pad to the longest row: ``(input_ids, token_type_ids, attention_mask)``.
+
+    Args:
+        segments: in order, each either ``("const", ids, types)`` (special tokens) or
+            ``("seq", values, first, kept, type_id)``: ``kept[r]`` content ids of row r from
+            ``values[first[r]:]``.
+        pad_id: the padding id (token type 0, mask 0).
+        padding_side: ``"right"`` or ``"left"``.
+
+    One gather per output builds each padded matrix (no ragged concat / to_tensor round trips).
+    """
+    tables, types, lens = [], [], []
+    rows = None
+    for seg in segments:
+        if seg[0] == "seq":
+            _, values, first, kept, type_id = seg
+            rows = tf.size(kept, out_type=tf.int64)
+            tables.append(values)
+            types.append(tf.fill(tf.shape(values), tf.constant(type_id, tf.int64)))
+    n_content = sum(tf.size(t, out_type=tf.int64) for t in tables) if tables else tf.constant(0, tf.int64)
+    consts = [int(i) for seg in segments if seg[0] == "const" for i in seg[1]] + [pad_id]
+    const_types = [int(t) for seg in segments if seg[0] == "const" for t in seg[2]] + [0]
+    table = tf.concat(tables + [tf.constant(consts, tf.int64)], 0)
+    type_table = tf.concat(types + [tf.constant(const_types, tf.int64)], 0)
+    for seg in segments:
+        lens.append(seg[3] if seg[0] == "seq" else tf.fill([rows], tf.constant(len(seg[1]), tf.int64)))
+    out_len = tf.add_n(lens) if lens else tf.zeros([rows], tf.int64)
+    t = tf.reduce_max(tf.concat([out_len, tf.zeros([1], tf.int64)], 0))
+    j = tf.range(t)[None, :]  # [1, T]
+    src = tf.fill(tf.shape(j + out_len[:, None]), n_content + len(consts) - 1)  # pad everywhere first
+    start = tf.zeros_like(out_len)[:, None]
+    seq_base, const_base = tf.constant(0, tf.int64), n_content
+    for seg, length in zip(segments, lens):
+        inside = (j >= start) & (j < start + length[:, None])
+        if seg[0] == "seq":
+            src = tf.where(inside, seq_base + seg[2][:, None] + (j - start), src)
+            seq_base += tf.size(seg[1], out_type=tf.int64)
+        else:
+            src = tf.where(inside, const_base + (j - start), src)
+            const_base += len(seg[1])
+        start = start + length[:, None]
+    input_ids, type_ids = tf.gather(table, src), tf.gather(type_table, src)
+    mask = tf.cast(j < out_len[:, None], tf.int64)
+    if padding_side == "left":
+        input_ids = tf.reverse(tf.reverse_sequence(input_ids, out_len, seq_axis=1, batch_axis=0), [1])
+        type_ids = tf.reverse(tf.reverse_sequence(type_ids, out_len, seq_axis=1, batch_axis=0), [1])
+        mask = tf.reverse(mask, [1])
+    shape = tf.stack([rows, t])
+    return tf.reshape(input_ids, shape), tf.reshape(type_ids, shape), tf.reshape(mask, shape)
+
+
+def _kept_first(first, lens, kept, truncation_side: str):
+    """Where the kept content starts: the beginning (right truncation) or ``lens - kept`` in (left)."""
+    return first + (lens - kept if truncation_side == "left" else 0)
+
+
 def finalize(ids: tf.RaggedTensor, post: PostProcessor, max_seq_length: int, pad_id: int,
              truncation_side: str = "right", padding_side: str = "right") -> tuple[tf.Tensor, tf.Tensor]:
     """Truncate, add specials, pad to the longest row: ragged ids ``[B, (n)]`` -> two int64 ``[B, T]``.
 
     Truncation keeps ``max_seq_length - n_special`` content ids (from the start for
     ``truncation_side="right"``, the end for ``"left"``), then the prefix and suffix specials are
-    added, as HF ``truncation="longest_first"`` does for a single sentence. One gather builds the
-    padded matrix (no ragged concat / to_tensor round trips).
+    added, as HF ``truncation="longest_first"`` does for a single sentence.
     """
-    ids = ids.with_row_splits_dtype(tf.int64)
-    values = tf.cast(ids.flat_values, tf.int64)
-    splits = ids.row_splits
-    lens = splits[1:] - splits[:-1]
-    budget = max(int(max_seq_length) - post.n_special, 0)
-    kept = tf.minimum(lens, budget)
-    n_pre, n_suf = len(post.prefix), len(post.suffix)
-    out_len = kept + n_pre + n_suf
-    b = tf.size(lens, out_type=tf.int64)
-    t = tf.cast(tf.reduce_max(tf.concat([out_len, tf.zeros([1], tf.int64)], 0)), tf.int64)
-    j = tf.range(t)[None, :]  # [1, T]
-    first = splits[:-1] + (lens - kept if truncation_side == "left" else 0)
-    n_values = tf.size(values, out_type=tf.int64)
-    # one table: content values, then prefix, then suffix, then pad
-    table = tf.concat([values, tf.constant(list(post.prefix) + list(post.suffix) + [pad_id], tf.int64)], 0)
-    kept_ = kept[:, None]
-    in_pre = j < n_pre
-    in_content = (j >= n_pre) & (j < n_pre + kept_)
-    in_suf = (j >= n_pre + kept_) & (j < n_pre + kept_ + n_suf)
-    src = tf.where(
-        in_pre, n_values + j,
-        tf.where(in_content, first[:, None] + j - n_pre,
-                 tf.where(in_suf, n_values + n_pre + (j - n_pre - kept_), n_values + n_pre + n_suf)),
-    )
-    input_ids = tf.gather(table, src)
-    mask = tf.cast(j < out_len[:, None], tf.int64)
-    if padding_side == "left":
-        input_ids = tf.reverse_sequence(input_ids, out_len, seq_axis=1, batch_axis=0)
-        input_ids = tf.reverse(input_ids, [1])
-        mask = tf.reverse(mask, [1])
-    input_ids = tf.reshape(input_ids, [b, t])
-    mask = tf.reshape(mask, [b, t])
+    values, first, lens = _content(ids)
+    kept = tf.minimum(lens, max(int(max_seq_length) - post.n_special, 0))
+    input_ids, _, mask = _assemble(
+        [("const", post.prefix, [0] * len(post.prefix)),
+         ("seq", values, _kept_first(first, lens, kept, truncation_side), kept, 0),
+         ("const", post.suffix, [0] * len(post.suffix))], pad_id, padding_side)
     return input_ids, mask
+
+
+def longest_first(len_a: tf.Tensor, len_b: tf.Tensor, budget: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """How many content ids of each side a pair keeps: HF tokenizers' ``LongestFirst`` truncation.
+
+    With ``n1 <= n2`` the shorter and longer lengths: nothing is cut when they fit; else the longer
+    keeps ``max(n1, budget - n1)``; if that still does not fit, the shorter keeps ``budget // 2`` and
+    the longer ``budget // 2 + budget % 2`` (tokenizers/src/utils/truncation.rs).
+    """
+    budget = tf.constant(int(budget), tf.int64)
+    swap = len_a > len_b
+    n1 = tf.minimum(len_a, len_b)
+    k2 = tf.where(n1 > budget, n1, tf.maximum(n1, budget - n1))
+    both = n1 + k2 > budget
+    k1 = tf.where(both, budget // 2, n1)
+    k2 = tf.where(both, budget // 2 + budget % 2, k2)
+    fits = len_a + len_b <= budget
+    ka = tf.where(fits, len_a, tf.minimum(len_a, tf.where(swap, k2, k1)))
+    kb = tf.where(fits, len_b, tf.minimum(len_b, tf.where(swap, k1, k2)))
+    return ka, kb
+
+
+def finalize_pair(ids_a: tf.RaggedTensor, ids_b: tf.RaggedTensor, pair: PairTemplate, max_seq_length: int,
+                  pad_id: int, truncation_side: str = "right",
+                  padding_side: str = "right") -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """A batch of pairs as HF lays them out: ``(input_ids, token_type_ids, attention_mask)`` ``[B, T]``.
+
+    ``truncation="longest_first"`` to ``max_seq_length`` special tokens included (:func:`longest_first`),
+    each side cut at the end given by ``truncation_side``; the template's specials and token types.
+    """
+    va, fa, la = _content(ids_a)
+    vb, fb, lb = _content(ids_b)
+    ka, kb = longest_first(la, lb, max(int(max_seq_length) - pair.n_special, 0))
+    return _assemble(
+        [("const", pair.prefix, pair.prefix_types),
+         ("seq", va, _kept_first(fa, la, ka, truncation_side), ka, pair.type_a),
+         ("const", pair.middle, pair.middle_types),
+         ("seq", vb, _kept_first(fb, lb, kb, truncation_side), kb, pair.type_b),
+         ("const", pair.suffix, pair.suffix_types)], pad_id, padding_side)
 
 
 # ------------------------------------------------------------------------------------ the skeleton
@@ -664,6 +740,23 @@ class InGraphTokenizer(tf.Module):
         """``tf.string [B]`` -> ``(input_ids, attention_mask)``, int64 ``[B, T]``, T = longest row."""
         ids = self.content_ids(strings)
         return finalize(ids, self.post, self.max_seq_length, self.pad_id, self.truncation_side, self.padding_side)
+
+    @tf.autograph.experimental.do_not_convert
+    def tokenize_pair(self, first: tf.Tensor, second: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Two ``tf.string [B]`` -> ``(input_ids, token_type_ids, attention_mask)`` int64 ``[B, T]``.
+
+        Both sides in one pass through :meth:`content_ids` (one graph for the batch of 2B texts).
+        """
+        if self.post.pair is None:
+            raise UnsupportedError("the tokenizer's post-processor defines no layout for pairs")
+        both = self.content_ids(tf.concat([tf.reshape(first, [-1]), tf.reshape(second, [-1])], 0))
+        n = tf.size(first, out_type=tf.int64)
+        both = both.with_row_splits_dtype(tf.int64)
+        split = both.row_splits[n]
+        ids_a = tf.RaggedTensor.from_row_splits(both.values[:split], both.row_splits[: n + 1], validate=False)
+        ids_b = tf.RaggedTensor.from_row_splits(both.values[split:], both.row_splits[n:] - split, validate=False)
+        return finalize_pair(ids_a, ids_b, self.post.pair, self.max_seq_length, self.pad_id, self.truncation_side,
+                             self.padding_side)
 
 
 class _Opaque:

@@ -81,16 +81,46 @@ def added_tokens(tokenizer_json_: dict) -> list[AddedToken]:
 
 
 @dataclass(frozen=True)
+class PairTemplate:
+    """Where the HF post-processor puts special tokens around a pair: ``prefix A middle B suffix``.
+
+    Each part carries its token type ids (BERT: 0 up to the first ``[SEP]``, 1 after; RoBERTa: 0).
+    """
+
+    prefix: tuple[int, ...] = ()
+    prefix_types: tuple[int, ...] = ()
+    type_a: int = 0
+    middle: tuple[int, ...] = ()
+    middle_types: tuple[int, ...] = ()
+    type_b: int = 1
+    suffix: tuple[int, ...] = ()
+    suffix_types: tuple[int, ...] = ()
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def assemble(self, a: list[int], b: list[int]) -> tuple[list[int], list[int]]:
+        """Ids and token types of the pair (a reference for checks; the graph does it vectorised)."""
+        ids = [*self.prefix, *a, *self.middle, *b, *self.suffix]
+        types = [*self.prefix_types, *[self.type_a] * len(a), *self.middle_types, *[self.type_b] * len(b),
+                 *self.suffix_types]
+        return ids, types
+
+
+@dataclass(frozen=True)
 class PostProcessor:
-    """Special tokens the HF post-processor puts around a single sentence.
+    """Special tokens the HF post-processor puts around a sentence, and around a pair.
 
     Attributes:
-        prefix: ids before the content (e.g. ``[CLS]``).
-        suffix: ids after the content (e.g. ``[SEP]``).
+        prefix: ids before a single sentence's content (e.g. ``[CLS]``).
+        suffix: ids after it (e.g. ``[SEP]``).
+        pair: the layout of a pair, or None when the post-processor defines none.
     """
 
     prefix: tuple[int, ...] = ()
     suffix: tuple[int, ...] = ()
+    pair: PairTemplate | None = None
 
     @property
     def n_special(self) -> int:
@@ -102,47 +132,108 @@ class PostProcessor:
 
         Raises:
             UnsupportedError: any other post-processor, or a template that is not
-                ``specials* $A specials*``.
+                ``specials* $A specials*`` (pairs: ``specials* $A specials* $B specials*``).
         """
         return cls._from(tj.get("post_processor"))
 
     @classmethod
     def _from(cls, pp: dict | None) -> "PostProcessor":
         if not pp:
-            return cls()
+            return cls(pair=PairTemplate())
         kind = pp.get("type")
         if kind in ("BertProcessing", "RobertaProcessing"):
-            return cls((int(pp["cls"][1]),), (int(pp["sep"][1]),))
+            c, s_ = int(pp["cls"][1]), int(pp["sep"][1])
+            if kind == "BertProcessing":
+                pair = PairTemplate((c,), (0,), 0, (s_,), (0,), 1, (s_,), (1,))
+            else:  # <s> A </s></s> B </s>, every type 0 (tokenizers' roberta.rs)
+                pair = PairTemplate((c,), (0,), 0, (s_, s_), (0, 0), 0, (s_,), (0,))
+            return cls((c,), (s_,), pair)
         if kind == "ByteLevel":  # offsets only
-            return cls()
+            return cls(pair=PairTemplate())
         if kind == "Sequence":
             found = [cls._from(p) for p in pp.get("processors", [])]
-            found = [f for f in found if f.n_special]
+            found = [f for f in found if f.n_special or (f.pair and f.pair.n_special)]
             if len(found) > 1:
                 raise UnsupportedError("post_processor Sequence with more than one special-token processor")
-            return found[0] if found else cls()
+            return found[0] if found else cls(pair=PairTemplate())
         if kind == "TemplateProcessing":
             specials = pp.get("special_tokens", {})
-            prefix, suffix, seen_a = [], [], False
-            for item in pp.get("single", []):
-                if "Sequence" in item:
-                    if item["Sequence"].get("id", "A") != "A" or seen_a:
-                        raise UnsupportedError(f"unsupported TemplateProcessing single template {pp.get('single')}")
-                    seen_a = True
-                elif "SpecialToken" in item:
-                    name = item["SpecialToken"]["id"]
-                    if name not in specials:
-                        raise UnsupportedError(f"TemplateProcessing special token {name!r} has no ids")
-                    (suffix if seen_a else prefix).extend(int(i) for i in specials[name]["ids"])
-                else:
-                    raise UnsupportedError(f"unsupported TemplateProcessing item {item}")
-            if not seen_a:
-                raise UnsupportedError("TemplateProcessing single template has no $A sequence")
-            return cls(tuple(prefix), tuple(suffix))
+            (prefix, _), (suffix, _) = _template_parts(pp.get("single", []), specials, ("A",), "single")[0]
+            pair = None
+            if pp.get("pair"):
+                parts, seqs = _template_parts(pp["pair"], specials, ("A", "B"), "pair")
+                if seqs != ["A", "B"]:
+                    raise UnsupportedError(f"unsupported TemplateProcessing pair template {pp.get('pair')}: "
+                                           "packager needs specials, $A, specials, $B, specials in that order")
+                (p_ids, p_t), (m_ids, m_t), (s_ids, s_t) = parts
+                type_a, type_b = _sequence_types(pp["pair"])
+                pair = PairTemplate(tuple(p_ids), tuple(p_t), type_a, tuple(m_ids), tuple(m_t), type_b,
+                                    tuple(s_ids), tuple(s_t))
+            return cls(tuple(prefix), tuple(suffix), pair)
         raise UnsupportedError(
             f"unsupported tokenizer post_processor {kind!r}. Supported: TemplateProcessing, BertProcessing, "
             "RobertaProcessing, ByteLevel, Sequence of those"
         )
+
+
+def _sequence_types(items: list) -> list[int]:
+    return [int(it["Sequence"].get("type_id", 0)) for it in items if "Sequence" in it]
+
+
+def _template_parts(items: list, specials: dict, allowed: tuple[str, ...], which: str):
+    """Split a TemplateProcessing template at its sequences: ``[(ids, types) before, between, after]``.
+
+    Returns:
+        ``(parts, sequence names in order)``; for a single template ``parts`` is ``[(prefix, types),
+        (suffix, types)]`` and the names are ``["A"]`` (or None when there is no sequence).
+    """
+    parts: list[tuple[list[int], list[int]]] = [([], [])]
+    seqs: list[str] = []
+    for item in items:
+        if "Sequence" in item:
+            name = item["Sequence"].get("id", "A")
+            if name not in allowed or name in seqs:
+                raise UnsupportedError(f"unsupported TemplateProcessing {which} template {items}")
+            seqs.append(name)
+            parts.append(([], []))
+        elif "SpecialToken" in item:
+            name = item["SpecialToken"]["id"]
+            if name not in specials:
+                raise UnsupportedError(f"TemplateProcessing special token {name!r} has no ids")
+            ids = [int(i) for i in specials[name]["ids"]]
+            parts[-1][0].extend(ids)
+            parts[-1][1].extend([int(item["SpecialToken"].get("type_id", 0))] * len(ids))
+        else:
+            raise UnsupportedError(f"unsupported TemplateProcessing item {item}")
+    if which == "single":
+        if not seqs:
+            raise UnsupportedError("TemplateProcessing single template has no $A sequence")
+        return [parts[0], parts[1]], seqs
+    while len(parts) < 3:
+        parts.append(([], []))
+    return parts, seqs
+
+
+def check_pair_template(hf_tokenizer, template: PairTemplate) -> None:
+    """Compare the template with what the HF post-processor really does to a pair (at export time).
+
+    Raises:
+        UnsupportedError: the post-processor lays out pairs differently (ids or token types).
+    """
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(getattr(hf_tokenizer, "backend_tokenizer", hf_tokenizer).to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    for a_text, b_text in (("hello world", "a b c"), ("x", ""), ("", "second text here")):
+        ea = backend.encode(a_text, add_special_tokens=False)
+        eb = backend.encode(b_text, add_special_tokens=False)
+        got = backend.post_process(ea, eb, add_special_tokens=True)
+        want_ids, want_types = template.assemble(list(ea.ids), list(eb.ids))
+        if list(got.ids) != want_ids or list(got.type_ids) != want_types:
+            raise UnsupportedError(
+                f"the tokenizer's post-processor lays out pairs as ids {list(got.ids)} / types {list(got.type_ids)}, "
+                f"not as packager read it ({want_ids} / {want_types}); this pair layout is not supported")
 
 
 def probe_word_chars() -> np.ndarray:
