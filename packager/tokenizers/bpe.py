@@ -834,19 +834,30 @@ class BPEMerger(tf.Module):
             ta_id = ta_id.write(r, tf.boolean_mask(sym, done_sym))
             cand = found & tf.equal(rank, wmin_at)
             mono = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed, 23), 1) > 0
-            first = tf.math.unsorted_segment_min(tf.where(cand, pos, inf), word, nw)
-            is_first = cand & tf.equal(tf.gather(first, word), pos)
             # runs of overlapping occurrences (x x x ...) pair up from their left end
             prev_cand = tf.concat([[False], cand[:-1]], 0)
             run_start = cand & ~prev_cand
             offset = pos - _prev_true(run_start)
-            even = tf.equal(tf.math.floormod(offset, 2), 0)
-            do = is_first | (cand & mono & even)
+            tentative = cand & tf.equal(tf.math.floormod(offset, 2), 0)
+            new_id = tf.bitwise.bitwise_and(packed, (1 << 23) - 1)
+            # HF pops the occurrences of the word's lowest pair left to right; a non-monotone merge
+            # may create a lower pair, which HF pops next: stop after the first occurrence that does
+            same_prev = tf.concat([[False], same[:-1]], 0)
+            same_next2 = same & tf.concat([same[1:], [False]], 0)
+            prev2 = tf.concat([[False, False], tentative], 0)[:n] & same_prev & tf.concat([[False], same_prev[:-1]], 0)
+            left_sym = tf.where(prev2, new_id, tf.concat([[0], sym[:-1]], 0))  # after the merge at p - 2
+            right_sym = tf.concat([sym, tf.zeros([2], sym.dtype)], 0)[2:]
+            left_p = self.merges.lookup(left_sym * size + new_id)
+            right_p = self.merges.lookup(new_id * size + right_sym)
+            left_r = tf.where(same_prev & (left_p >= 0), tf.bitwise.right_shift(left_p, RANK_SHIFT), inf)
+            right_r = tf.where(same_next2 & (right_p >= 0), tf.bitwise.right_shift(right_p, RANK_SHIFT), inf)
+            bad = tentative & ~mono & ((left_r < rank) | (right_r < rank))
+            first_bad = tf.math.unsorted_segment_min(tf.where(bad, pos, inf), word, nw)
+            do = tentative & (pos <= tf.gather(first_bad, word))
             wlen = tf.math.unsorted_segment_sum(tf.ones_like(word), word, nw)
             do = tf.cond(tf.reduce_max(tf.concat([wlen, [0]], 0)) >= LONG_WORD,
                          lambda: do | self._window_safe(rank, packed, mono, word, pos),
                          lambda: do)
-            new_id = tf.bitwise.bitwise_and(packed, (1 << 23) - 1)
             sym = tf.where(do, new_id, sym)
             removed = tf.concat([[False], do[:-1]], 0)
             keep = ~removed & ~done_sym
