@@ -264,11 +264,13 @@ def levers(export_dir: Path, model_dir: Path, names: list[str], args, workdir: P
     finally:
         close_all(st)
     ref = np.load(workdir / "st-ref.npy")
-    others = [n for n in names if n != "export"]
+    others = [n for n in names if n not in ("export", "rebuilt" if args.control else "")]
     groups = [others[i:i + args.group] for i in range(0, len(others), args.group)] or [[]]
     result = {"texts_batch1": n1, "texts_batched": nb, "rounds": args.rounds, "groups": [], "levers": {}}
     for group in groups:
-        members = ["export"] + group
+        # "rebuilt" is the export's own graph rebuilt in-process: its distance from 1.00x in a group is
+        # that group's noise floor, so it is added to every group (--no-control drops it).
+        members = ["export"] + (["rebuilt"] if args.control else []) + group
         echo(f"   group: {', '.join(members)}")
         defs = []
         for name in members:
@@ -294,7 +296,7 @@ def levers(export_dir: Path, model_dir: Path, names: list[str], args, workdir: P
         finally:
             close_all(workers)
         result["groups"].append({"members": members, "rows": rows, "errors": errors})
-        for name in group:
+        for name in members[1:]:
             per = {}
             for b, row in rows.items():
                 if name in row and "export" in row:
@@ -303,6 +305,8 @@ def levers(export_dir: Path, model_dir: Path, names: list[str], args, workdir: P
                               "ratio_to_export": v["sentences_per_s"] / row["export"]["sentences_per_s"],
                               "latency_p50_ms": v["latency_p50_ms"], "export_p50_ms": row["export"]["latency_p50_ms"],
                               **v.get("accuracy", {})}
+                    if "rebuilt" in row:  # the group's noise floor
+                        per[b]["control_ratio"] = row["rebuilt"]["sentences_per_s"] / row["export"]["sentences_per_s"]
             acc = [p.get("max_abs_diff", float("inf")) for p in per.values()]
             result["levers"][name] = {"what": LEVERS[name][0], "reduced_precision": bool(LEVERS[name][1].get("reduced")),
                                       "by_batch": per, "parity_ok": bool(acc) and max(acc) <= PARITY,
@@ -324,6 +328,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--group", type=int, default=3, help="levers per worker group (each group adds the export)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="do not add the 'rebuilt' noise control to every lever group")
     p.add_argument("--trace-reps", type=int, default=30, help="traced Session runs for the op profile")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--packager-root", type=Path, default=ROOT)

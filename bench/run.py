@@ -279,6 +279,7 @@ def bench_model(label: str, model_dir: Path, args, work: Path, big: bool, echo=p
     mdir = work / label.split(" ")[0]
     mdir.mkdir(parents=True, exist_ok=True)
     result = {"model_dir": str(model_dir), "commit": _commit(),
+              **({"packager_root": str(args.packager_root)} if args.packager_root != ROOT else {}),
               "measured_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "errors": {}}
     if args.export and not big:
         export_dir = Path(args.export)
@@ -467,8 +468,8 @@ def main(argv=None) -> int:
     p.add_argument("--long-batches", default=",".join(map(str, LONG_BATCHES)), help="long-text batch sizes")
     p.add_argument("--texts", type=int, default=2000, help="realistic texts per timed round")
     p.add_argument("--long-texts", type=int, default=400, help="long texts (truncated to max_seq_length) per round")
-    p.add_argument("--base-texts", type=int, default=400, help="realistic texts for the mpnet-base-sized model")
-    p.add_argument("--base-long-texts", type=int, default=80, help="long texts for the mpnet-base-sized model")
+    p.add_argument("--base-texts", type=int, default=256, help="realistic texts for the mpnet-base-sized model")
+    p.add_argument("--base-long-texts", type=int, default=48, help="long texts for the mpnet-base-sized model")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="threads for every runtime")
     p.add_argument("--quick", action="store_true", help="few texts and 2 rounds: a smoke run of every part")
