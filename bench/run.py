@@ -346,7 +346,8 @@ def bench_model(label: str, model_dir: Path, args, work: Path, big: bool, echo=p
             echo(f"   infinity-emb unavailable: {why}")
         result["served"] = bench_served_peers(
             export_dir, py, Path(pf["hf_dir"]) if pf else None, served_texts, np.load(mdir / "served-ref.npy"),
-            workdir=mdir, threads=args.threads, concurrency=args.concurrency, rounds=args.served_rounds, echo=echo)
+            workdir=mdir, threads=args.threads, concurrency=args.concurrency, rounds=args.served_rounds,
+            instance_count=args.triton_instances, intra_op_threads=args.triton_intra_op_threads, echo=echo)
         if why:
             result["served"]["errors"]["infinity"] = why
     return result
@@ -486,6 +487,9 @@ def main(argv=None) -> int:
     p.add_argument("--served-texts", type=int, default=512, help="single-sentence requests per served round")
     p.add_argument("--served-rounds", type=int, default=3)
     p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--triton-instances", type=int, default=1, help="Triton model instances (served part)")
+    p.add_argument("--triton-intra-op-threads", type=int, default=None,
+                   help="TF intra-op threads per Triton instance (default: --threads)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     if args.quick:

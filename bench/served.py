@@ -350,7 +350,8 @@ def _rtt(port: int, path: str, n: int = 200) -> float:
 def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, infinity_folder: Path | None,
                        texts: list[str], reference: np.ndarray, *, workdir: Path, threads: int,
                        concurrency=CONCURRENCY, rounds: int = 3, max_batch_size: int = 64,
-                       max_queue_delay_us: int = 1000, echo=print) -> dict:
+                       max_queue_delay_us: int = 1000, instance_count: int = 1, intra_op_threads: int | None = None,
+                       echo=print) -> dict:
     """packager's Triton vs infinity-emb, single-sentence requests, the same plain HTTP client.
 
     ``reference``: sentence-transformers' embeddings of ``texts[:len(reference)]`` (parity first).
@@ -363,9 +364,11 @@ def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, inf
     repo = Path(tempfile.mkdtemp(prefix="served-repo-", dir=workdir))
     model_dir = build_from_export(export_dir, target="triton", output=repo, name="bench", force=True,
                                   max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                                  intra_op_threads=threads, inter_op_threads=1)
-    config = {"triton": {"backend": "python", "max_batch_size": max_batch_size,
-                         "max_queue_delay_us": max_queue_delay_us, "intra_op_threads": threads, "inter_op_threads": 1},
+                                  intra_op_threads=intra_op_threads or threads, inter_op_threads=1,
+                                  instance_count=instance_count)
+    config = {"triton": {"backend": "python", "max_batch_size": max_batch_size, "instance_count": instance_count,
+                         "max_queue_delay_us": max_queue_delay_us, "intra_op_threads": intra_op_threads or threads,
+                         "inter_op_threads": 1},
               "infinity": {"engine": "optimum", "pooling_method": "mean", "batch_size": 32},
               "texts": len(texts), "rounds": rounds, "request": "one sentence, JSON over HTTP/1.1 keep-alive",
               "concurrency": list(concurrency)}
