@@ -109,3 +109,31 @@ def tiny_xlmr_tokenizer_json_only(tmp_path_factory) -> Path:
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     """A tiny BERT reranker (one label, Sigmoid), saved by sentence-transformers 6's CrossEncoder."""
     return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_3(tmp_path_factory) -> Path:
+    """A tiny BERT reranker with three labels (CrossEncoder's default activation: Identity)."""
+    return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce3"), num_labels=3, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_xlmr(tmp_path_factory) -> Path:
+    """A tiny XLM-R reranker (SentencePiece tokenizer, ``<s> a </s></s> b </s>``)."""
+    return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce_xlmr"), model_type="xlm-roberta", seed=8)
+
+
+PROMPTS = {"query": "query: ", "passage": "passage: ", "classify": "Classify the topic of this text:\n"}
+
+
+@pytest.fixture(scope="session")
+def tiny_prompted(tmp_path_factory, tiny_bert) -> Path:
+    """Tiny BERT with several prompts and a default prompt (``query``)."""
+    return tiny_models.with_prompts(tiny_bert, tmp_path_factory.mktemp("prompted") / "m", PROMPTS, "query")
+
+
+@pytest.fixture(scope="session")
+def tiny_prompted_excluded(tmp_path_factory, tiny_bert) -> Path:
+    """The same prompts, no default, and Pooling with ``include_prompt: false``."""
+    return tiny_models.with_prompts(tiny_bert, tmp_path_factory.mktemp("prompted_x") / "m", PROMPTS, None,
+                                    include_prompt=False)

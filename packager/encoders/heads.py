@@ -140,7 +140,8 @@ def build_head(w: HeadWeights):
 
         def __call__(self, hidden, attention_mask):
             if self.pooling == "cls":
-                x = hidden[:, 0]
+                # [:, :1] then reshape, not [:, 0]: an empty batch has no column 0 ([0, 0, H])
+                x = tf.reshape(hidden[:, :1, :], [-1, hidden.shape[-1]])
             else:
                 m = tf.cast(attention_mask, hidden.dtype)[:, :, None]
                 x = tf.reduce_sum(hidden * m, axis=1) / tf.reduce_sum(m, axis=1)
