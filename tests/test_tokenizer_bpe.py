@@ -135,8 +135,8 @@ def test_bpe_ids_equal_hf_when_one_megabyte_strings(name, tmp_path_factory):
     rng = random.Random(0)
     # Llama 2 style (no pre-tokenizer): a run of one letter grows one token at a time from its left
     # end in HF too (each merge creates a lower-ranked pair): one merge round per token, so 20k there
-    run = "a" * (20_000 if name == "llama2" else 1_000_000)
-    big = [run, " " * 1_000_000, "hello world, this is text. " * 37_000, "😀" * 250_000,
+    letters = "a" * (20_000 if name == "llama2" else 1_000_000)
+    big = [letters, " " * 1_000_000, "hello world, this is text. " * 37_000, "😀" * 250_000,
            "".join(rng.choice("abcdefghij") for _ in range(100_000)), "short"]
     for text in big:
         start = time.time()

@@ -293,9 +293,11 @@ class _Parser:
         items = []
         while self.i < len(self.s) and self.s[self.i] not in "|)":
             if self.s.startswith("(?", self.i) and self._inline_flags():
-                # (?i) applies to the rest of the enclosing group
-                flags = self._pending_flags
-                continue
+                # Oniguruma: "a(?i)b|c" is "a(?i:b|c)": the flag covers the rest of the enclosing
+                # group, its later alternatives included
+                rest = self.alt(self._pending_flags)
+                items.append(_Node("group", [rest]))
+                break
             items.append(self.quantified(flags))
         return _Node("seq", items)
 
@@ -1217,12 +1219,23 @@ def _composition_pairs(nfc) -> list[tuple[int, int, int]]:
     return out
 
 
+_REF: dict = {}
+
+
+def _reference_tables(kind: str):
+    if kind not in _REF:
+        t = unicode_tables(kind)
+        sp = t["dec_splits"]
+        dec = {int(k): t["dec_chars"][sp[i]: sp[i + 1]].tolist() for i, k in enumerate(t["dec_keys"])}
+        pairs = {(int(a), int(b)): int(p) for a, b, p in
+                 zip(t.get("pair_first", []), t.get("pair_second", []), t.get("pair_composite", []))}
+        _REF[kind] = (dec, t["ccc"], pairs)
+    return _REF[kind]
+
+
 def reference_normalize(kind: str, text: str) -> str:
     """The tables' NFC/NFD/... applied in plain Python (the algorithm the graph runs; for tests)."""
-    t = unicode_tables(kind)
-    sp = t["dec_splits"]
-    dec = {int(k): t["dec_chars"][sp[i]: sp[i + 1]].tolist() for i, k in enumerate(t["dec_keys"])}
-    ccc = t["ccc"]
+    dec, ccc, pairs = _reference_tables(kind)
     d = [c for ch in text for c in dec.get(ord(ch), [ord(ch)])]
     # canonical order: stable sort of each run of non-starters
     i = 0
@@ -1239,7 +1252,6 @@ def reference_normalize(kind: str, text: str) -> str:
         i = j
     if kind in ("nfd", "nfkd"):
         return "".join(map(chr, out))
-    pairs = {(int(a), int(b)): int(p) for a, b, p in zip(t["pair_first"], t["pair_second"], t["pair_composite"])}
     res: list[int] = []
     starter = None  # index in res
     last_ccc = None
