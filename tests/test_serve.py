@@ -67,7 +67,10 @@ def test_server_metadata_shows_bytes_input_when_model_loaded(server):
     assert client.is_server_ready()
     for name, fixture in MODELS.items():
         meta = client.get_model_metadata(name)
-        assert meta["inputs"] == [{"name": "input_sequence", "datatype": "BYTES", "shape": [-1, 1]}]
+        # the texts, and the optional prompt name (sentence-transformers gives every model "query" and
+        # "document" prompts, blank unless the model sets them: encode_query works on any model)
+        assert meta["inputs"] == [{"name": "input_sequence", "datatype": "BYTES", "shape": [-1, 1]},
+                                  {"name": "prompt_name", "datatype": "BYTES", "shape": [-1, 1]}]
         assert meta["outputs"][0]["name"] == "sentence_embedding" and meta["outputs"][0]["datatype"] == "FP32"
         assert meta["platform"] == "python"
     gmeta = grpcclient.InferenceServerClient(server.grpc_url).get_model_metadata("minilm", as_json=True)

@@ -1,6 +1,7 @@
 /*
  * Send raw strings to a packager model served by Triton (HTTP/REST, KServe v2 JSON, BYTES input)
- * or by TF-Serving (REST, "instances"), and print one embedding per input as a JSON array per line.
+ * or by TF-Serving (REST, "instances"), and print one embedding per input as a JSON array per line;
+ * for a reranker, score documents against one query (one JSON array of scores per document).
  *
  * Only the JDK is used (java.net.http, Java 11+; tested with javac 17): no Maven, no JSON library.
  *
@@ -8,8 +9,12 @@
  *   java -cp out EmbedClient triton    http://127.0.0.1:8000 all-minilm-l6-v2 "Hello world" "Café 中文"
  *   java -cp out EmbedClient tfserving http://127.0.0.1:8501 all-minilm-l6-v2 "Hello world"
  *   java -cp out EmbedClient triton    http://127.0.0.1:8000 all-minilm-l6-v2 --jsonl texts.jsonl --batch 16
+ *   java -cp out EmbedClient triton    http://127.0.0.1:8000 e5-small --prompt query "how do I reset it?"
+ *   java -cp out EmbedClient triton    http://127.0.0.1:8000 ms-marco --rerank "what is tf?" "TensorFlow is ..." "A cat."
  *
  * --jsonl FILE reads one JSON string per line (so newlines, tabs and any Unicode can be sent).
+ * --prompt NAME applies one of the model's prompts (sent as the optional prompt_name input).
+ * --rerank QUERY sends (QUERY, text) pairs to a reranker and prints its scores.
  * Exit code: 0 on success, 1 when the server refuses a request (its message goes to stderr), 2 on bad usage.
  */
 
@@ -30,6 +35,10 @@ import java.util.Map;
 public final class EmbedClient {
     static final String INPUT = "input_sequence";
     static final String OUTPUT = "sentence_embedding";
+    static final String QUERY = "query";
+    static final String DOCUMENT = "document";
+    static final String SCORES = "scores";
+    static final String PROMPT = "prompt_name";
 
     private final HttpClient http;
     private final String kind;
@@ -47,21 +56,66 @@ public final class EmbedClient {
                 .build();
     }
 
-    /** Embeds a batch of strings: one float[] per input, in order. */
-    List<float[]> embed(List<String> texts) throws IOException, InterruptedException {
+    /** Embeds a batch of strings: one float[] per input, in order (prompt: a prompt name, or null). */
+    List<float[]> embed(List<String> texts, String prompt) throws IOException, InterruptedException {
+        Map<String, List<String>> inputs = new LinkedHashMap<>();
+        inputs.put(INPUT, texts);
+        return infer(inputs, prompt, OUTPUT);
+    }
+
+    /** Scores (query, document) pairs with a reranker: one float[] of scores per document. */
+    List<float[]> rerank(String query, List<String> documents, String prompt) throws IOException, InterruptedException {
+        Map<String, List<String>> inputs = new LinkedHashMap<>();
+        inputs.put(QUERY, java.util.Collections.nCopies(documents.size(), query));
+        inputs.put(DOCUMENT, documents);
+        return infer(inputs, prompt, SCORES);
+    }
+
+    List<float[]> infer(Map<String, List<String>> inputs, String prompt, String output)
+            throws IOException, InterruptedException {
+        int n = inputs.values().iterator().next().size();
+        if (prompt != null) {
+            inputs = new LinkedHashMap<>(inputs);
+            inputs.put(PROMPT, java.util.Collections.nCopies(n, prompt));
+        }
         String url;
         StringBuilder body = new StringBuilder();
         if (kind.equals("triton")) {
-            // KServe v2: a BYTES tensor of shape [batch, 1]; JSON strings carry the UTF-8 text.
+            // KServe v2: one BYTES tensor of shape [batch, 1] per input; JSON strings carry the UTF-8 text.
             url = baseUrl + "/v2/models/" + model + "/infer";
-            body.append("{\"inputs\":[{\"name\":\"").append(INPUT).append("\",\"shape\":[")
-                .append(texts.size()).append(",1],\"datatype\":\"BYTES\",\"data\":[");
-            appendStrings(body, texts);
-            body.append("]}],\"outputs\":[{\"name\":\"").append(OUTPUT).append("\"}]}");
+            body.append("{\"inputs\":[");
+            boolean first = true;
+            for (Map.Entry<String, List<String>> e : inputs.entrySet()) {
+                if (!first) body.append(',');
+                first = false;
+                body.append("{\"name\":\"").append(e.getKey()).append("\",\"shape\":[")
+                    .append(e.getValue().size()).append(",1],\"datatype\":\"BYTES\",\"data\":[");
+                appendStrings(body, e.getValue());
+                body.append("]}");
+            }
+            body.append("],\"outputs\":[{\"name\":\"").append(output).append("\"}]}");
         } else {
+            // TF-Serving: the with_prompt signature takes the prompt name; several inputs go as objects per row.
             url = baseUrl + "/v1/models/" + model + ":predict";
-            body.append("{\"signature_name\":\"serving_default\",\"instances\":[");
-            appendStrings(body, texts);
+            body.append("{\"signature_name\":\"").append(prompt != null ? "with_prompt" : "serving_default")
+                .append("\",\"instances\":[");
+            if (inputs.size() == 1) {
+                appendStrings(body, inputs.values().iterator().next());
+            } else {
+                for (int i = 0; i < n; i++) {
+                    if (i > 0) body.append(',');
+                    body.append('{');
+                    boolean first = true;
+                    for (Map.Entry<String, List<String>> e : inputs.entrySet()) {
+                        if (!first) body.append(',');
+                        first = false;
+                        Json.quote(body, e.getKey());
+                        body.append(':');
+                        Json.quote(body, e.getValue().get(i));
+                    }
+                    body.append('}');
+                }
+            }
             body.append("]}");
         }
         HttpRequest request = HttpRequest.newBuilder(URI.create(url))
@@ -74,15 +128,15 @@ public final class EmbedClient {
             throw new ServerException(response.statusCode(), response.body());
         }
         Object parsed = new Json(response.body()).parse();
-        return kind.equals("triton") ? fromTriton(parsed, texts.size()) : fromTfServing(parsed);
+        return kind.equals("triton") ? fromTriton(parsed, n, output) : fromTfServing(parsed, output);
     }
 
     @SuppressWarnings("unchecked")
-    static List<float[]> fromTriton(Object parsed, int n) {
+    static List<float[]> fromTriton(Object parsed, int n, String output) {
         Map<String, Object> root = (Map<String, Object>) parsed;
         for (Object o : (List<Object>) root.get("outputs")) {
             Map<String, Object> out = (Map<String, Object>) o;
-            if (!OUTPUT.equals(out.get("name"))) continue;
+            if (!output.equals(out.get("name"))) continue;
             List<Object> shape = (List<Object>) out.get("shape");
             List<Object> data = (List<Object>) out.get("data");
             int dim = ((Number) shape.get(shape.size() - 1)).intValue();
@@ -95,15 +149,15 @@ public final class EmbedClient {
             }
             return rows;
         }
-        throw new IllegalStateException("no output named " + OUTPUT);
+        throw new IllegalStateException("no output named " + output);
     }
 
     @SuppressWarnings("unchecked")
-    static List<float[]> fromTfServing(Object parsed) {
+    static List<float[]> fromTfServing(Object parsed, String output) {
         List<Object> predictions = (List<Object>) ((Map<String, Object>) parsed).get("predictions");
         List<float[]> rows = new ArrayList<>(predictions.size());
         for (Object p : predictions) {
-            Object vec = p instanceof Map ? ((Map<String, Object>) p).get(OUTPUT) : p;
+            Object vec = p instanceof Map ? ((Map<String, Object>) p).get(output) : p;
             List<Object> values = (List<Object>) vec;
             float[] row = new float[values.size()];
             for (int j = 0; j < row.length; j++) row[j] = ((Number) values.get(j)).floatValue();
@@ -261,7 +315,8 @@ public final class EmbedClient {
     }
 
     static String usage() {
-        return "usage: EmbedClient triton|tfserving BASE_URL MODEL [--batch N] [--jsonl FILE] [TEXT ...]";
+        return "usage: EmbedClient triton|tfserving BASE_URL MODEL [--batch N] [--jsonl FILE] [--prompt NAME] "
+                + "[--rerank QUERY] [TEXT ...]";
     }
 
     public static void main(String[] args) throws Exception {
@@ -271,8 +326,14 @@ public final class EmbedClient {
         }
         List<String> texts = new ArrayList<>();
         int batch = 32;
+        String prompt = null;
+        String query = null;
         for (int k = 3; k < args.length; k++) {
-            if (args[k].equals("--batch") && k + 1 < args.length) {
+            if (args[k].equals("--prompt") && k + 1 < args.length) {
+                prompt = args[++k];
+            } else if (args[k].equals("--rerank") && k + 1 < args.length) {
+                query = args[++k];
+            } else if (args[k].equals("--batch") && k + 1 < args.length) {
                 batch = Integer.parseInt(args[++k]);
             } else if (args[k].equals("--jsonl") && k + 1 < args.length) {
                 for (String line : Files.readAllLines(Path.of(args[++k]), StandardCharsets.UTF_8)) {
@@ -291,7 +352,8 @@ public final class EmbedClient {
         try {
             for (int start = 0; start < texts.size(); start += batch) {
                 List<String> chunk = texts.subList(start, Math.min(texts.size(), start + batch));
-                for (float[] row : client.embed(chunk)) {
+                List<float[]> rows = query != null ? client.rerank(query, chunk, prompt) : client.embed(chunk, prompt);
+                for (float[] row : rows) {
                     out.setLength(0);
                     out.append('[');
                     for (int j = 0; j < row.length; j++) {

@@ -1,0 +1,97 @@
+"""Rerankers and prompts through a real tritonserver (python backend): parity with sentence-transformers
+over HTTP, gRPC and the Java client; a bad prompt name or a missing input fails only its own request."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from packager import verify as v
+from packager.clients import ServerError, embedder, reranker, triton_infer
+from packager.serve import TritonServer
+from packager.targets import build_from_export
+from test_java_client import JAVA_DIR, run_java
+
+pytestmark = pytest.mark.server
+
+MODELS = {"rerank": "tiny_cross_encoder", "rerank-xlmr": "tiny_cross_encoder_xlmr", "prompted": "tiny_prompted_excluded"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exports):
+    repo = tmp_path_factory.mktemp("serve-tasks") / "model_repository"
+    for name, fixture in MODELS.items():
+        build_from_export(exports(fixture), target="triton", output=repo, name=name)
+    with TritonServer(repo, ready_timeout=300) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pairs(corpus):
+    return v.rerank_pairs(corpus)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("name", ["rerank", "rerank-xlmr"])
+def test_served_reranker_equals_cross_encoder_predict_when_pairs_truncate(request, server, pairs, protocol, name):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    report = v.check(pairs, v.reference_model(request.getfixturevalue(MODELS[name])),
+                     reranker(url, name, protocol=protocol))
+    assert report.ok and report.max_abs_diff <= 1e-5, report.render()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("prompt", [None, "query", "passage", "classify"])
+def test_served_prompts_equal_encode_with_prompt_name_when_named_per_request(request, server, corpus, protocol, prompt):
+    url = server.http_url if protocol == "http" else server.grpc_url
+    report = v.check(corpus, v.reference_model(request.getfixturevalue(MODELS["prompted"])),
+                     embedder(url, "prompted", protocol=protocol, prompt_name=prompt), prompt_name=prompt)
+    assert report.ok and report.max_abs_diff <= 1e-5, report.render()
+
+
+def test_served_prompt_name_unknown_fails_only_that_request_and_lists_prompts(request, server, corpus):
+    with pytest.raises(ServerError, match=r"unknown prompt_name 'nope'.*'query'.*'passage'"):
+        embedder(server.http_url, "prompted", protocol="http", prompt_name="nope")(["hello"])
+    # the server keeps serving, with the right answers
+    got = embedder(server.grpc_url, "prompted", protocol="grpc", prompt_name="query")(corpus[:4])
+    ref = v.reference_embeddings(v.reference_model(request.getfixturevalue(MODELS["prompted"])), corpus[:4],
+                                 prompt_name="query")
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_served_reranker_refuses_request_without_document_with_clear_error(server):
+    infer = triton_infer(server.http_url, "rerank", output_key="scores")
+    with pytest.raises(ServerError, match=r"missing required input.*document"):
+        infer({"query": ["a"]})
+    with pytest.raises(ServerError, match="batch size does not match"):
+        infer({"query": ["a", "b"], "document": ["c"]})
+    assert infer({"query": ["a"], "document": ["b"]}).shape == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def java_classes(tmp_path_factory):
+    if shutil.which("javac") is None:
+        pytest.fail("javac not found: install a JDK (Debian: openjdk-17-jdk-headless)")
+    out = tmp_path_factory.mktemp("java-tasks")
+    proc = subprocess.run(["javac", "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_DIR / "EmbedClient.java")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_java_client_reranks_and_applies_prompts_like_python_when_asked(java_classes, server, corpus):
+    docs = corpus[:6]
+    proc = run_java(java_classes, "triton", server.http_url, "rerank", "--rerank", corpus[7], *docs)
+    assert proc.returncode == 0, proc.stderr
+    java = np.array([json.loads(line) for line in proc.stdout.splitlines()], dtype=np.float32)
+    python = reranker(server.http_url, "rerank", protocol="http")([corpus[7]] * len(docs), docs)
+    assert np.array_equal(java, python)
+    proc = run_java(java_classes, "triton", server.http_url, "prompted", "--prompt", "passage", *docs)
+    assert proc.returncode == 0, proc.stderr
+    java = np.array([json.loads(line) for line in proc.stdout.splitlines()], dtype=np.float32)
+    assert np.array_equal(java, embedder(server.http_url, "prompted", protocol="http", prompt_name="passage")(docs))
+    bad = run_java(java_classes, "triton", server.http_url, "prompted", "--prompt", "nope", "x")
+    assert bad.returncode == 1 and "unknown prompt_name" in bad.stderr
