@@ -72,11 +72,12 @@ def cmd_verify(args) -> int:
         from .manifest import read as read_manifest
 
         truncate_dim = read_manifest(args.export).truncate_dim
-    reference = v.reference_model(resolve_model(args.model)[0], truncate_dim=truncate_dim)
-    rerank = v.is_reranker(reference)
+    model_dir = resolve_model(args.model)[0]
+    rerank = v.is_reranker_folder(model_dir)
+    embed, tokenize = _live_or_export(args, rerank=rerank)  # a bad URL or name fails before the reference loads
+    reference = v.reference_model(model_dir, truncate_dim=truncate_dim)
     if rerank:
         texts = v.rerank_pairs(texts)
-    embed, tokenize = _live_or_export(args, rerank=rerank)
     report = v.check(texts, reference, embed, tokenize, min_id_match=args.min_id_match, max_abs_diff=args.max_abs_diff,
                      prompt_name=args.prompt)
     print(report.render())

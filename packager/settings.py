@@ -26,6 +26,9 @@ RUNTIME_ENV = {
     # Nothing is ever downloaded: models come from folders, packages or the local HF cache.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    # The reference models load quietly: no weight-loading progress bars or load reports on stderr.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
 }
 CACHE_ENV = "PACKAGER_CACHE"
 CACHE_OFF = "off"

@@ -136,9 +136,7 @@ def reference_model(model_dir: str | Path, *, truncate_dim: int | None = None):
     """
     import torch
 
-    kind = json.loads((Path(model_dir) / "config_sentence_transformers.json").read_text(encoding="utf-8")).get(
-        "model_type") if (Path(model_dir) / "config_sentence_transformers.json").is_file() else None
-    if kind == "CrossEncoder":
+    if is_reranker_folder(model_dir):
         from sentence_transformers import CrossEncoder
 
         return CrossEncoder(str(model_dir), device="cpu", trust_remote_code=False,
@@ -147,6 +145,12 @@ def reference_model(model_dir: str | Path, *, truncate_dim: int | None = None):
 
     return SentenceTransformer(str(model_dir), device="cpu", trust_remote_code=False, truncate_dim=truncate_dim,
                                model_kwargs={"dtype": torch.float32})
+
+
+def is_reranker_folder(model_dir: str | Path) -> bool:
+    """Whether a sentence-transformers folder holds a CrossEncoder (read without loading it)."""
+    path = Path(model_dir) / "config_sentence_transformers.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder"
 
 
 def is_reranker(reference) -> bool:

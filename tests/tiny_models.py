@@ -96,6 +96,85 @@ def make_bert(root: Path, *, model_type="bert", lowercase=True, strip_accents=No
     return _save_st(hf_dir, root / "st", max_seq_length, pooling, dense, normalize)
 
 
+def bpe_tokenizer(path: Path, *, padding_side: str = "right", post: str = "roberta", vocab_size: int = 500,
+                  tokenizer_file: Path | None = None, pad_token: str | None = None):
+    """A byte-level BPE fast tokenizer saved to ``path``: trained on the corpus, or a real tokenizer.json.
+
+    ``post``: ``"eos"`` appends ``<|endoftext|>`` (as Qwen3-Embedding's tokenizer does); ``"roberta"``
+    wraps in ``<s> ... </s>`` (pairs ``<s> a </s></s> b </s>``). With ``tokenizer_file`` the file is used
+    as it is (its own pre-tokenizer, merges and post-processor).
+    """
+    import transformers as tr
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    if tokenizer_file is not None:
+        fast = tr.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), padding_side=padding_side,
+                                          pad_token=pad_token)
+        fast.save_pretrained(str(path))
+        return fast
+    specials = ["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(training_text(400), trainer)
+    if post == "eos":
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A <|endoftext|>", pair="$A <|endoftext|> $B:1 <|endoftext|>:1",
+            special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
+        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                          padding_side=padding_side)
+    else:
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
+        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                          unk_token="<unk>", padding_side=padding_side)
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def bpe_config(arch: str, tok, *, classification: bool = False, num_labels: int = 1):
+    """A tiny transformers config of ``arch`` (roberta, modernbert, qwen3) sized for ``tok``'s vocabulary."""
+    import transformers as tr
+
+    V = len(tok)
+    extra = {"num_labels": num_labels} if classification else {}
+    if arch == "qwen3":
+        # GQA: 4 query heads on 2 kv heads; head_dim 16 != hidden / heads (12).
+        return tr.Qwen3Config(vocab_size=V, hidden_size=48, intermediate_size=56, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1000.0,
+                              rms_norm_eps=1e-6, pad_token_id=tok.pad_token_id, max_position_embeddings=256, **extra)
+    if arch == "modernbert":
+        return tr.ModernBertConfig(vocab_size=V, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                                   num_attention_heads=4, global_attn_every_n_layers=2, local_attention=8,
+                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, cls_token_id=tok.bos_token_id,
+                                   sep_token_id=tok.eos_token_id, **extra)
+    return tr.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
+                            type_vocab_size=1, **extra)
+
+
+def make_bpe_st(root: Path, arch: str, *, tokenizer_file: Path | None = None, pad_token: str | None = None,
+                max_seq_length: int = 48, seed: int = 11) -> Path:
+    """A tiny sentence-transformers model with a byte-level BPE tokenizer: Qwen3 + lasttoken + Normalize
+    (left padding, EOS appended), ModernBERT + mean + Normalize, or RoBERTa + cls + Normalize."""
+    import transformers as tr
+
+    root = Path(root)
+    hf_dir = root / "hf"
+    left = arch == "qwen3"
+    tok = bpe_tokenizer(hf_dir, padding_side="left" if left else "right", post="eos" if left else "roberta",
+                        tokenizer_file=tokenizer_file, pad_token=pad_token)
+    cfg = bpe_config(arch, tok)
+    model = {"qwen3": tr.Qwen3Model, "modernbert": tr.ModernBertModel}.get(arch)
+    model = model(cfg) if model else tr.RobertaModel(cfg, add_pooling_layer=False)
+    _randomize(model, seed)
+    model.save_pretrained(str(hf_dir))
+    pooling = {"qwen3": "lasttoken", "modernbert": "mean"}.get(arch, "cls")
+    return _save_st(hf_dir, root / "st", max_seq_length, pooling, None, True)
+
+
 def make_mpnet(root: Path, *, max_seq_length=64, pooling="mean", dense=None, normalize=True, vocab_size=600,
                seed=1, hidden=32, layers=2, heads=4, intermediate=37, max_position=130,
                unk_token="[UNK]", mask_normalized=False, wordpieces: list[str] | None = None) -> Path:
@@ -208,13 +287,13 @@ def make_xlmr(root: Path, *, max_seq_length=64, pooling="mean", dense=None, norm
 
 
 def _randomize(model, seed: int) -> None:
-    """Give every parameter (LayerNorm and biases too) non-trivial values, so parity tests bite."""
+    """Give every parameter (norms and biases too) non-trivial values, so parity tests bite."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name.lower():
+            if name.endswith("weight") and "norm" in name.lower():
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
@@ -237,13 +316,20 @@ def make_cross_encoder(root: Path, *, model_type: str = "bert", num_labels: int 
     from sentence_transformers import CrossEncoder
 
     root = Path(root)
-    bi = make_xlmr(root / "bi", seed=seed) if model_type == "xlm-roberta" else make_bert(root / "bi", seed=seed)
     hf_dir = root / "hf"
-    cfg = tr.AutoConfig.from_pretrained(str(bi))
-    cfg.num_labels = num_labels
-    cls = tr.XLMRobertaForSequenceClassification if model_type == "xlm-roberta" else tr.BertForSequenceClassification
     torch.manual_seed(seed)
-    model = cls(cfg)
+    if model_type in ("roberta", "modernbert"):
+        bi = root / "tok"
+        tok = bpe_tokenizer(bi, post="roberta")
+        model = (tr.ModernBertForSequenceClassification if model_type == "modernbert"
+                 else tr.RobertaForSequenceClassification)(bpe_config(model_type, tok, classification=True,
+                                                                      num_labels=num_labels))
+    else:
+        bi = make_xlmr(root / "bi", seed=seed) if model_type == "xlm-roberta" else make_bert(root / "bi", seed=seed)
+        cfg = tr.AutoConfig.from_pretrained(str(bi))
+        cfg.num_labels = num_labels
+        cls = tr.XLMRobertaForSequenceClassification if model_type == "xlm-roberta" else tr.BertForSequenceClassification
+        model = cls(cfg)
     _randomize(model, seed)
     model.save_pretrained(str(hf_dir))
     tr.AutoTokenizer.from_pretrained(str(bi)).save_pretrained(str(hf_dir))
