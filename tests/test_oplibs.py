@@ -234,3 +234,16 @@ def test_fetch_op_libraries_extracts_and_caches_so_files_when_wheel_downloaded(t
 def test_fetch_op_libraries_raises_when_release_has_no_wheel(tmp_path):
     with pytest.raises(PackagerError, match=r"could not download tensorflow-text==0\.0\.1 for CPython 3\.12, 3\.11"):
         fetch_op_libraries("0.0.1", tmp_path)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen3_bpe", "tiny_modernbert_bpe", "tiny_cross_encoder", "tiny_prompted"])
+def test_check_compatible_gives_a_verdict_naming_ops_for_every_server_when_graph_is_a_new_family(request, exports, fixture):
+    """Every server either runs the new graphs or is refused with the ops it lacks (never a vague error);
+    the Python backend, which runs packager's own TensorFlow, always runs them."""
+    out = exports(fixture)
+    for srv in SERVERS:
+        try:
+            check_compatible(out, srv)
+        except TargetError as exc:
+            assert "cannot run the" in str(exc) and "is not registered there" in str(exc) or "sets attr" in str(exc)
+            assert srv.kind != "triton-python", str(exc)

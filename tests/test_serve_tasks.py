@@ -17,7 +17,8 @@ from test_java_client import JAVA_DIR, run_java
 
 pytestmark = pytest.mark.server
 
-MODELS = {"rerank": "tiny_cross_encoder", "rerank-xlmr": "tiny_cross_encoder_xlmr", "prompted": "tiny_prompted_excluded"}
+MODELS = {"rerank": "tiny_cross_encoder", "rerank-xlmr": "tiny_cross_encoder_xlmr", "prompted": "tiny_prompted_excluded",
+          "qwen3": "tiny_qwen3_bpe"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,15 @@ def test_served_reranker_equals_cross_encoder_predict_when_pairs_truncate(reques
     url = server.http_url if protocol == "http" else server.grpc_url
     report = v.check(pairs, v.reference_model(request.getfixturevalue(MODELS[name])),
                      reranker(url, name, protocol=protocol))
+    assert report.ok and report.max_abs_diff <= 1e-5, report.render()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_qwen3_decoder_embedder_equals_encode_when_left_padded_last_token_pooled(request, server, corpus, protocol):
+    """A Qwen3-style model (byte-level BPE in the graph, left padding, causal mask, last-token pooling)."""
+    url = server.http_url if protocol == "http" else server.grpc_url
+    report = v.check(corpus, v.reference_model(request.getfixturevalue(MODELS["qwen3"])),
+                     embedder(url, "qwen3", protocol=protocol))
     assert report.ok and report.max_abs_diff <= 1e-5, report.render()
 
 
