@@ -178,3 +178,21 @@ def tiny_cross_encoder_roberta(tmp_path_factory) -> Path:
     """A tiny RoBERTa reranker with two labels."""
     return tiny_models.make_cross_encoder(tmp_path_factory.mktemp("tiny_ce_rob"), model_type="roberta",
                                           num_labels=2, seed=10)
+
+
+JAVA_DIR = Path(__file__).resolve().parent.parent / "examples" / "java"
+
+
+@pytest.fixture(scope="session")
+def java_classes(tmp_path_factory) -> Path:
+    """The JDK-only Java client, compiled with ``javac -Werror`` once per session."""
+    import shutil
+    import subprocess
+
+    if shutil.which("javac") is None or shutil.which("java") is None:
+        pytest.fail("javac/java not found: install a JDK (Debian: openjdk-17-jdk-headless)")
+    out = tmp_path_factory.mktemp("java")
+    proc = subprocess.run(["javac", "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_DIR / "EmbedClient.java")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out

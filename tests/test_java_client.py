@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,18 +17,6 @@ from packager.targets import build_from_export
 
 pytestmark = pytest.mark.server
 
-JAVA_DIR = Path(__file__).resolve().parent.parent / "examples" / "java"
-
-
-@pytest.fixture(scope="module")
-def java_classes(tmp_path_factory) -> Path:
-    if shutil.which("javac") is None or shutil.which("java") is None:
-        pytest.fail("javac/java not found: install a JDK (Debian: openjdk-17-jdk-headless)")
-    out = tmp_path_factory.mktemp("java")
-    proc = subprocess.run(["javac", "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_DIR / "EmbedClient.java")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 @pytest.fixture(scope="module")

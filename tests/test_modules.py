@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from packager import modules
+from packager.encoders.activations import TORCH_ACTIVATIONS
 from packager.modules import dense, pooling
 
 MODES = list(pooling.MODES) + [["mean", "max", "cls"]]
@@ -41,7 +42,7 @@ def test_pooling_returns_empty_rows_when_batch_is_empty(mode):
     assert got["sentence_embedding"].shape == (0, 4)
 
 
-@pytest.mark.parametrize("activation", sorted(dense.TORCH_ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(TORCH_ACTIVATIONS))
 def test_dense_activation_matches_torch_when_mapped_by_dotted_name(activation):
     import importlib
 

@@ -3,9 +3,6 @@ over HTTP, gRPC and the Java client; a bad prompt name or a missing input fails 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 
@@ -13,7 +10,7 @@ from packager import verify as v
 from packager.clients import ServerError, embedder, reranker, triton_infer
 from packager.serve import TritonServer
 from packager.targets import build_from_export
-from test_java_client import JAVA_DIR, run_java
+from test_java_client import run_java
 
 pytestmark = pytest.mark.server
 
@@ -79,17 +76,6 @@ def test_served_reranker_refuses_request_without_document_with_clear_error(serve
     with pytest.raises(ServerError, match="batch size does not match"):
         infer({"query": ["a", "b"], "document": ["c"]})
     assert infer({"query": ["a"], "document": ["b"]}).shape == (1, 1)
-
-
-@pytest.fixture(scope="module")
-def java_classes(tmp_path_factory):
-    if shutil.which("javac") is None:
-        pytest.fail("javac not found: install a JDK (Debian: openjdk-17-jdk-headless)")
-    out = tmp_path_factory.mktemp("java-tasks")
-    proc = subprocess.run(["javac", "-Xlint:all", "-Werror", "-d", str(out), str(JAVA_DIR / "EmbedClient.java")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 def test_java_client_reranks_and_applies_prompts_like_python_when_asked(java_classes, server, corpus):

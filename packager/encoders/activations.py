@@ -128,5 +128,5 @@ def torch_name_to_activation(dotted: str) -> str:
     if key in short:
         return short[key]
     raise UnsupportedError(
-        f"unsupported Dense activation {dotted!r}. Supported: {', '.join(sorted(TORCH_ACTIVATIONS))}"
+        f"unsupported activation {dotted!r}. Supported: {', '.join(sorted(TORCH_ACTIVATIONS))}"
     )

@@ -7,23 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError, UnsupportedError
+from ..errors import ModelError
 from ..files import read_json
 from .base import Module
 
-# dotted torch class name -> the name of the same function in packager.encoders.layers.ACTIVATIONS
-TORCH_ACTIVATIONS = {
-    "torch.nn.modules.linear.Identity": "linear",
-    "torch.nn.modules.activation.Tanh": "tanh",
-    "torch.nn.modules.activation.ReLU": "relu",
-    "torch.nn.modules.activation.GELU": "gelu",
-    "torch.nn.modules.activation.Sigmoid": "sigmoid",
-    "torch.nn.modules.activation.SiLU": "silu",
-    "torch.nn.modules.activation.LeakyReLU": "leaky_relu",
-    "torch.nn.modules.activation.ELU": "elu",
-    "torch.nn.modules.activation.Softplus": "softplus",
-    "torch.nn.modules.activation.Mish": "mish",
-}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -33,12 +20,9 @@ def torch_activation(dotted: str | None) -> str:
     Raises:
         UnsupportedError: an activation packager does not map, naming the supported ones.
     """
-    dotted = dotted or "torch.nn.modules.linear.Identity"
-    by_short = {k.rsplit(".", 1)[-1]: v for k, v in TORCH_ACTIVATIONS.items()}
-    found = TORCH_ACTIVATIONS.get(dotted) or by_short.get(dotted.rsplit(".", 1)[-1])
-    if found is None:
-        raise UnsupportedError(f"unsupported activation {dotted!r}. Supported: {', '.join(sorted(TORCH_ACTIVATIONS))}")
-    return found
+    from ..encoders.activations import torch_name_to_activation  # TF-free
+
+    return torch_name_to_activation(dotted or "torch.nn.modules.linear.Identity")
 
 
 @dataclass(frozen=True)

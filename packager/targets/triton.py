@@ -186,33 +186,32 @@ def prompt_input(manifest: Manifest, options: TritonOptions) -> str | None:
     return PROMPT_KEY if manifest.prompts and options.backend == "python" else None
 
 
+def _context(manifest: Manifest, name: str, options: TritonOptions) -> dict:
+    """What both templates (config.pbtxt and model.py) are rendered from."""
+    require_sanitized(name)
+    return dict(packager_version=manifest.packager_version, source=manifest.source, name=name, task=manifest.task,
+                input_keys=list(manifest.inputs), prompt_key=prompt_input(manifest, options),
+                output_key=manifest.output_key, op_libraries=list(manifest.op_libraries), dim=manifest.output_dim)
+
+
 def render_config(manifest: Manifest, *, name: str, options: TritonOptions, image_tf: str | None = None) -> str:
     """Render ``config.pbtxt`` (a pure function of the export manifest and the options)."""
-    require_sanitized(name)
     policy = options.version_policy
     return render_template(
         "triton/config.pbtxt.j2",
-        packager_version=manifest.packager_version,
-        source=manifest.source,
-        name=name,
+        **_context(manifest, name, options),
         backend=options.backend,
         image=options.image_tag,
         image_tf=image_tf or "?",
         max_batch_size=options.max_batch_size,
         version_policy=policy if isinstance(policy, str) else [int(v) for v in policy],
         latest_versions=options.latest_versions,
-        task=manifest.task,
-        input_keys=list(manifest.inputs),
-        prompt_key=prompt_input(manifest, options),
-        output_key=manifest.output_key,
-        dim=manifest.output_dim,
         dynamic_batching=options.dynamic_batching,
         preferred_batch_sizes=list(options.preferred_batch_sizes),
         max_queue_delay_us=options.max_queue_delay_us,
         instance_count=options.instance_count,
         instance_kind=options.instance_kind,
         gpus=list(options.gpus),
-        op_libraries=list(manifest.op_libraries),
         op_dir=OP_DIR,
         repo_mount=options.repo_mount.rstrip("/") or "",
         warmup=warmup_samples(options),
@@ -255,20 +254,11 @@ def gpu_config(config_text: str, *, source: str = "config.pbtxt") -> str:
 
 def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) -> str:
     """Render the python backend's ``model.py`` for this export."""
-    require_sanitized(name)
     return render_template(
         "triton/model.py.j2",
-        packager_version=manifest.packager_version,
-        source=manifest.source,
-        name=name,
-        task=manifest.task,
-        input_keys=list(manifest.inputs),
-        prompt_key=prompt_input(manifest, options),
+        **_context(manifest, name, options),
         prompt_names=list(manifest.prompt_names),
         prompt_signature="with_prompt" in manifest.signatures,
-        output_key=manifest.output_key,
-        op_libraries=list(manifest.op_libraries),
-        dim=manifest.output_dim,
         max_seq_length=manifest.max_seq_length,
         max_string_bytes=options.max_string_bytes,
         tensorflow=manifest.tensorflow,
