@@ -752,3 +752,34 @@ def test_pod_restarts_with_same_answers_when_server_process_is_killed(running_po
     print(f"restarted (count {restarts} -> {ctr.attrs['RestartCount']}) and ready {took:.1f} s later")
     np.testing.assert_array_equal(_embed(pod.url(server, "http"), sample, "http"), before)
     np.testing.assert_array_equal(_embed(pod.url(server, "grpc"), sample, "grpc"), before)
+
+
+def test_build_cli_writes_repository_and_a_valid_bundle_when_kubernetes_dir_given(tiny_bert, tmp_path):
+    """``packager build --kubernetes DIR --k8s FIELD=VALUE``: the repository carries the GPU config the
+    GPU overlay selects, and the bundle validates against the real schemas with the settings applied."""
+    from packager.cli import main
+    from packager.targets.kubernetes import check_repository, validate
+
+    rc = main(["-q", "build", str(tiny_bert), "--target", "triton", "-o", str(tmp_path / "repo"), "--name", "tiny",
+               "--no-compose", "--kubernetes", str(tmp_path / "k8s"), "--k8s", "namespace=search",
+               "--k8s", "min_replicas=3", "--k8s", "service_monitor=true"])
+    assert rc == 0
+    assert (tmp_path / "repo" / "tiny" / "configs" / "gpu.pbtxt").is_file()
+    assert check_repository(tmp_path / "repo") == []
+    bundle = tmp_path / "k8s" / "tiny"
+    files = {str(p.relative_to(bundle)): p.read_text() for p in bundle.rglob("*") if p.is_file()}
+    assert validate(files) == []
+    hpa = yaml.safe_load(files["base/hpa.yaml"])
+    assert hpa["spec"]["minReplicas"] == 3 and "base/servicemonitor.yaml" in files
+    assert yaml.safe_load(files["base/kustomization.yaml"])["namespace"] == "search"  # kustomize sets it on all
+
+
+def test_build_cli_refuses_k8s_settings_when_no_bundle_or_unknown_field(tiny_bert, tmp_path, capsys):
+    from packager.cli import main
+
+    assert main(["build", str(tiny_bert), "--k8s", "namespace=x", "-o", str(tmp_path / "r")]) == 2
+    assert "give --kubernetes DIR" in capsys.readouterr().err
+    assert main(["build", str(tiny_bert), "--kubernetes", str(tmp_path / "k"), "--k8s", "replicaz=3",
+                 "-o", str(tmp_path / "r")]) == 2
+    assert "FIELD one of" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
