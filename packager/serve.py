@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import TargetError
+from .servers import default_image
 from .settings import work_dir
 
 
@@ -147,7 +148,7 @@ def check_repository(repo: str | Path) -> list[str]:
             raise TargetError(
                 f"model {cfg_path.parent.name!r} uses {backend!r}, but the tritonserver bundled in nvidia-pytriton "
                 "has only the Python backend. Rebuild it with `packager build --target triton --backend python`, "
-                "or run this repository in the docker stack (nvcr.io/nvidia/tritonserver:25.02-tf2-python-py3 for "
+                f"or run this repository in the docker stack ({default_image('triton-tensorflow')} for "
                 "the TensorFlow backend; see docs/triton.md)."
             )
         names.append(cfg_path.parent.name)

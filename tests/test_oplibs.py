@@ -230,10 +230,20 @@ def test_fetch_op_libraries_extracts_and_caches_so_files_when_wheel_downloaded(t
     assert "_trimmer_ops.so" in {p.name for p in cached}
 
 
-@pytest.mark.network
-def test_fetch_op_libraries_raises_when_release_has_no_wheel(tmp_path):
-    with pytest.raises(PackagerError, match=r"could not download tensorflow-text==0\.0\.1 for CPython 3\.12, 3\.11"):
-        fetch_op_libraries("0.0.1", tmp_path)
+def test_fetch_op_libraries_names_release_and_pythons_tried_when_the_index_has_no_wheel(tmp_path, monkeypatch):
+    """Offline and deterministic: pip is pointed at an empty local index (no network, no user config),
+    so the failure is the "no such wheel" one for sure, and the message says what was tried."""
+    empty = tmp_path / "index"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", empty.as_uri())
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(PackagerError, match=r"could not download tensorflow-text==2\.17\.0 for CPython 3\.12, 3\.11") as err:
+        fetch_op_libraries("2.17.0", tmp_path / "ops", python_version="3.12")
+    assert "No matching distribution found for tensorflow-text==2.17.0" in str(err.value)
+    assert not (tmp_path / "ops").exists() and not (tmp_path / "cache" / "oplibs" / "2.17.0").exists()
 
 
 @pytest.mark.parametrize("fixture", ["tiny_qwen3_bpe", "tiny_modernbert_bpe", "tiny_cross_encoder", "tiny_prompted"])

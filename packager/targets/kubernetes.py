@@ -299,7 +299,7 @@ def app_name(options: KubernetesOptions, model_name: str) -> str:
     name = options.app_name or model_name.replace("_", "-").strip("-")
     if not _dns_label(name):
         raise TargetError(f"{name!r} is not a valid Kubernetes name (DNS label, at most 63 characters); "
-                          "set app_name (--kubernetes-app-name)")
+                          "set app_name")
     return name
 
 
