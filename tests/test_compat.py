@@ -78,8 +78,28 @@ def export(tmp_path_factory, results):
     out = tmp_path_factory.mktemp("compat") / "export"
     manifest = do_export(None, out)
     results["graph"] = "default export of the default model (all-MiniLM-L6-v2)"
-    results["export"] = {k: manifest.get(k) for k in ("tensorflow", "tensorflow_text", "op_libraries", "custom_ops")}
+    results["export"] = {k: v for k, v in manifest.to_dict().items()
+                         if k in ("tensorflow", "tensorflow_text", "op_libraries", "custom_ops")}
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def bpe_export(exports, tiny_qwen3_bpe, results):
+    """A Qwen3-style graph: byte-level BPE tokenizer (core TF ops only), causal pre-norm decoder, left padding."""
+    from packager.manifest import read
+
+    out = exports("tiny_qwen3_bpe")
+    results["bpe_graph"] = "tiny Qwen3 decoder embedder with an in-graph byte-level BPE tokenizer"
+    return out, read(out)
+
+
+@pytest.fixture(scope="session")
+def bpe_reference(texts, tiny_qwen3_bpe):
+    from packager.verify import reference_embeddings, reference_ids, reference_model
+
+    corpus, _ = texts
+    model = reference_model(tiny_qwen3_bpe)
+    return reference_ids(model, corpus), reference_embeddings(model, corpus), "sentence-transformers"
 
 
 @pytest.fixture(scope="session")
@@ -116,12 +136,12 @@ def reference(texts, default_model_dir):
 
 
 # ---------------------------------------------------------------- the claims
-@pytest.mark.parametrize("pair", RUNTIMES, ids=lambda p: "project" if p == PROJECT else f"tf{p[0]}-text{p[1]}")
-def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, export, texts, reference, venvs, results, tmp_path):
-    export_dir, manifest = export
+def _check_runtime(pair, export_dir, manifest, texts, reference, venvs, table: dict, tmp_path) -> None:
+    """Load ``export_dir`` in the venv of ``pair`` (C++ loader, TF1 session, TF2) and hold it to parity;
+    the op-set check must agree with what really happened."""
     corpus, corpus_json = texts
     python, _ = venvs[pair]
-    tf_v, text_v = (manifest["tensorflow"], manifest["tensorflow_text"]) if pair == PROJECT else pair
+    tf_v, text_v = (manifest.tensorflow, manifest.tensorflow_text) if pair == PROJECT else pair
     problems = find_problems(read_graph_ops(export_dir).ops, load_opset(tf_v, text_v))
     rep = run_probe(python, export_dir, corpus_json, tmp_path / "out.npz")
     row = {"tensorflow": rep["tensorflow"], "tensorflow_text": rep["tensorflow_text"], "python": rep["python"],
@@ -129,7 +149,7 @@ def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, expo
            "problems": [list(p) for p in problems], "loaded": rep["loaded"], "error": rep["error"],
            "loaders": rep["loaders"], "missing_libraries": rep.get("missing_libraries", []),
            "venv_build_seconds": round(venvs[pair][1], 1), "reference": reference[2]}
-    results["runtimes"][_label(pair)] = row
+    table[_label(pair)] = row
     if pair != PROJECT:
         assert (rep["tensorflow"], rep["tensorflow_text"]) == pair
     if row["check"] == "refused":
@@ -147,6 +167,20 @@ def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, expo
                max_abs_diff=max(row[r]["max_abs_diff"] for r in ("session", "tf2")),
                parity_ok=all(row[r]["ok"] for r in ("session", "tf2")))
     assert row["parity_ok"], "\n".join(f"{r}: {row[r]['failures']}" for r in ("session", "tf2"))
+
+
+PAIR_IDS = {"ids": lambda p: "project" if p == PROJECT else f"tf{p[0]}-text{p[1]}"}
+
+
+@pytest.mark.parametrize("pair", RUNTIMES, **PAIR_IDS)
+def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, export, texts, reference, venvs, results, tmp_path):
+    _check_runtime(pair, *export, texts, reference, venvs, results["runtimes"], tmp_path)
+
+
+@pytest.mark.parametrize("pair", RUNTIMES, **PAIR_IDS)
+def test_compat_bpe_decoder_graph_loads_and_matches_when_checker_accepts_release(pair, bpe_export, texts, bpe_reference,
+                                                                                 venvs, results, tmp_path):
+    _check_runtime(pair, *bpe_export, texts, bpe_reference, venvs, results.setdefault("bpe_runtimes", {}), tmp_path)
 
 
 def test_compat_check_agrees_with_runtimes_when_every_server_is_checked(export, results):

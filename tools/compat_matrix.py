@@ -105,6 +105,17 @@ def render(results: dict) -> str:
         ignored = [f"{op}.{attr}" for op, attr in r.get("problems", []) if attr]
         if ignored:
             lines.append(f"|  | attrs this TF does not know (ignored at load): {', '.join(ignored)} | | | | | | |")
+    bpe = results.get("bpe_runtimes", {})
+    if bpe:
+        lines += ["", "## A byte-level BPE decoder graph", "",
+                  f"The same runtimes on {results.get('bpe_graph', 'a BPE graph')}: its tokenizer is core TF ops "
+                  "only (no TF-Text library), and the encoder is the pre-norm decoder path.", "",
+                  "| runtime | TF | TF-Text | check | loads | parity |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, r in bpe.items():
+            lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
+                         f"{_parity(r)} |")
+            if r.get("error"):
+                lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
     builds = results.get("venv_builds", {})
     if builds:
         lines += ["", "Venv builds (parallel, cached under `~/.cache/packager/compat/`): "

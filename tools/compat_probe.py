@@ -133,7 +133,7 @@ def main(export_dir: str, corpus_path: str, out_path: str) -> dict:
               "python": sys.version.split()[0], "loaded": False, "error": None, "loaders": {}}
     manifest = json.loads((Path(export_dir) / "packager.json").read_text(encoding="utf-8"))
     texts = json.loads(Path(corpus_path).read_text(encoding="utf-8"))
-    in_key = manifest.get("input_key", "input_sequence")
+    in_key = (manifest.get("inputs") or [manifest.get("input_key", "input_sequence")])[0]
     out_key = manifest.get("output_key", "sentence_embedding")
     ops_dir = text_ops_dir()
     report["missing_libraries"] = []
