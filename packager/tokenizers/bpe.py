@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from ..errors import UnsupportedError
 from . import pretokenize as pt
-from .bpe_model import BPEModel, bytes_to_unicode, char_variants, read_bpe_model
+from .bpe_model import BPEModel, bytes_to_unicode, char_variants, chunk_cache, read_bpe_model
 from .common import (
     WHITE_SPACE,
     CodepointMap,
@@ -285,10 +285,14 @@ def _scan_taken(end: tf.Tensor) -> tf.Tensor:
 
 def split_words(words: Words, matcher: RegexProgram, behavior: str, invert: bool) -> Words:
     """HF ``NormalizedString.split(pattern, behavior)`` on every word (empty results dropped)."""
-    u, real_pos, _ = _layout(words, matcher.pad)
-    member = matcher.classes.member_fn(u)
-    end = matcher.match_end(u, member)
-    return _apply_matches(words, u, real_pos, end, behavior, invert)
+    with tf.name_scope("layout"):
+        u, real_pos, _ = _layout(words, matcher.pad)
+    with tf.name_scope("classes"):
+        member = matcher.classes.member_fn(u)
+    with tf.name_scope("match_end"):
+        end = matcher.match_end(u, member)
+    with tf.name_scope("apply"):
+        return _apply_matches(words, u, real_pos, end, behavior, invert)
 
 
 def _apply_matches(words: Words, u, real_pos, end, behavior: str, invert: bool) -> Words:
@@ -422,8 +426,9 @@ class Normalizer(tf.Module):
         self.identity = not self._modules
 
     def __call__(self, words: Words) -> Words:
-        for mod in self._modules:
-            words = mod(words)
+        with tf.name_scope("bpe_normalize"):
+            for mod in self._modules:
+                words = mod(words)
         return words
 
 
@@ -643,11 +648,24 @@ class PreTokenizer(tf.Module):
             else:  # pragma: no cover
                 raise UnsupportedError(f"pre-tokenizer step {kind}")
         self._mods = [s[1] for s in self._steps if s[0] == "split"]
+        # chunking (see BPETokenizer): [prefix space,] one Isolated regex split [, bytes]
+        kinds = [s[0] for s in self._steps]
+        self.chunk_plan = None
+        self.chunk_prefix = kinds[:1] == ["prefix_space"]
+        core = kinds[1:] if self.chunk_prefix else kinds
+        if core in (["split"], ["split", "bytes"]):
+            split = self._steps[kinds.index("split")]
+            if split[2] == "Isolated" and not split[3]:
+                self.chunk_plan = pt.chunk_plan(split[1].prog)
 
-    def __call__(self, words: Words) -> Words:
+    def __call__(self, words: Words, skip_prefix: bool = False) -> Words:
         for s in self._steps:
+            if s[0] == "prefix_space" and skip_prefix:
+                continue
             if s[0] == "split":
-                words = split_words(words, s[1], s[2], s[3])
+                with tf.name_scope("split"):
+                    match_words = s[1]
+                    words = split_words(words, match_words, s[2], s[3])
             elif s[0] == "prefix_space":
                 words = prepend_to_words(words, " ", " ")
             else:
@@ -955,6 +973,8 @@ class BPETokenizer(InGraphTokenizer):
             self.every_word_gives_a_token = all(int(c) in table[v] for v in used for c in bytes_to_unicode())
         else:
             self.every_word_gives_a_token = False
+        plan = self.pre_tokenizer.chunk_plan
+        self.chunks = ChunkCache(tj, plan, self.pre_tokenizer.byte_level, name="chunk_cache") if plan else None
 
     def normalize_pieces(self, pieces: tf.RaggedTensor) -> tf.RaggedTensor:
         pieces = pieces.with_row_splits_dtype(tf.int64)
@@ -971,13 +991,73 @@ class BPETokenizer(InGraphTokenizer):
         return self._encode(self.normalizer(w), pieces.nrows())
 
     def _encode(self, words: Words, n_pieces) -> tf.RaggedTensor:
-        words = self.pre_tokenizer(words)
-        words = self._within_budget(words)
-        sym, ssplits = self.bpe.initial_symbols(words)
-        if self.bpe.model.ignore_merges:
-            whole = self.bpe.whole_words(words)
-            sym, ssplits = _replace_words(sym, ssplits, whole)
-        ids, isplits = self.bpe.merge(sym, ssplits)
+        if self.chunks is not None:
+            return self._encode_chunked(words, n_pieces)
+        return self._encode_words(words, n_pieces)
+
+    def _encode_chunked(self, words: Words, n_pieces) -> tf.RaggedTensor:
+        """Pieces -> chunks (cut where ``pretokenize.chunk_plan`` allows) -> cached ids, or BPE for misses."""
+        c = self.chunks
+        with tf.name_scope("bpe_chunks"):
+            if self.pre_tokenizer.chunk_prefix:
+                words = prepend_to_words(words, " ", " ")
+            v = words.values
+            n = tf.size(v, out_type=tf.int64)
+            cls = c.classes.lookup(v)
+            prev = tf.concat([tf.zeros([1], tf.int32), cls[:-1]], 0)
+            cut = tf.gather(tf.constant(c.allowed_flat), prev * c.n_classes + cls)
+            cut = cut | _piece_starts(words.splits, n)
+            starts = tf.where(cut)[:, 0]
+            csplits = tf.concat([starts, tf.reshape(n, [1])], 0)
+            cpiece = tf.searchsorted(words.splits, starts, side="right", out_type=tf.int64) - 1
+            if self.every_word_gives_a_token:
+                csplits, cpiece, v = self._chunks_within_budget(v, csplits, cpiece)
+            strings = tf.strings.unicode_encode(tf.RaggedTensor.from_row_splits(v, csplits, validate=False), "UTF-8")
+
+        def misses(miss):
+            with tf.name_scope("bpe_misses"):
+                mlens = tf.gather(csplits[1:] - csplits[:-1], miss)
+                mv = tf.gather(v, _ragged_src(csplits, miss, mlens))
+                n_miss = tf.size(miss, out_type=tf.int64)
+                ids = self._encode_words(Words(mv, splits_from_lengths(mlens), tf.range(n_miss)), n_miss,
+                                         skip_prefix=True)
+                return ids.values, ids.row_splits
+
+        ids, lens = c.cache.encode(strings, misses)
+        plen = tf.math.unsorted_segment_sum(lens, cpiece, n_pieces)
+        return tf.RaggedTensor.from_row_splits(ids, splits_from_lengths(plen), validate=False)
+
+    def _chunks_within_budget(self, v, csplits, cpiece):
+        """Drop the chunks of a piece that truncation removes anyway (each gives >= 1 token)."""
+        nc = tf.size(cpiece, out_type=tf.int64)
+        idx = tf.range(nc)
+        if self.truncation_side == "left":
+            last = tf.concat([tf.not_equal(cpiece[1:], cpiece[:-1]), [True]], 0)
+            k = _next_true(last) - idx
+        else:
+            first = tf.concat([[True], tf.not_equal(cpiece[1:], cpiece[:-1])], 0)
+            k = idx - _prev_true(first)
+        keep = k < max(self.budget, 1)
+
+        def prune():
+            kc = tf.where(keep)[:, 0]
+            lens = tf.gather(csplits[1:] - csplits[:-1], kc)
+            return splits_from_lengths(lens), tf.gather(cpiece, kc), tf.gather(v, _ragged_src(csplits, kc, lens))
+
+        return tf.cond(tf.reduce_all(keep), lambda: (csplits, cpiece, v), prune)
+
+    def _encode_words(self, words: Words, n_pieces, skip_prefix: bool = False) -> tf.RaggedTensor:
+        with tf.name_scope("bpe_pretokenize"):
+            words = self.pre_tokenizer(words, skip_prefix=skip_prefix)
+        with tf.name_scope("bpe_budget"):
+            words = self._within_budget(words)
+        with tf.name_scope("bpe_symbols"):
+            sym, ssplits = self.bpe.initial_symbols(words)
+            if self.bpe.model.ignore_merges:
+                whole = self.bpe.whole_words(words)
+                sym, ssplits = _replace_words(sym, ssplits, whole)
+        with tf.name_scope("bpe_merge"):
+            ids, isplits = self.bpe.merge(sym, ssplits)
         # words -> pieces
         nw = tf.size(words.piece, out_type=tf.int64)
         wlen = isplits[1:] - isplits[:-1]
@@ -1002,6 +1082,90 @@ class BPETokenizer(InGraphTokenizer):
         new_lens = tf.gather(words.splits[1:] - words.splits[:-1], kw)
         vals = tf.gather(words.values, _ragged_src(words.splits, kw, new_lens))
         return Words(vals, splits_from_lengths(new_lens), tf.gather(words.piece, kw))
+
+
+class WordCache(tf.Module):
+    """Exact ids of whole words (or chunks), computed at export time by HF itself; the rest is computed.
+
+    Args:
+        keys: the cached texts.
+        ids: the HF ids of each.
+
+    :meth:`encode` looks every string up and calls ``compute(rows)`` only for the misses (and only
+    when there are any), then puts both back in order.
+    """
+
+    def __init__(self, keys, ids, name=None):
+        super().__init__(name=name)
+        self.size = len(keys)
+        # per key one int64: (id << 8) | 1 for one id, (offset into values << 8) | count for several
+        lens = np.array([len(i) for i in ids], dtype=np.int64)
+        if lens.size and lens.max() >= 256:
+            raise ValueError("a cached word has 256 ids or more")
+        several = [i for i in ids if len(i) != 1]
+        offsets = np.concatenate([[0], np.cumsum([len(i) for i in several])]).astype(np.int64)
+        packed, k = [], 0
+        for i in ids:
+            if len(i) == 1:
+                packed.append((int(i[0]) << 8) | 1)
+            else:
+                packed.append((int(offsets[k]) << 8) | len(i))
+                k += 1
+        self._values = np.array([t for i in several for t in i] or [0], dtype=np.int32)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys) or [""], tf.string),
+                                                tf.constant(packed or [0], tf.int64)),
+            default_value=-1)
+
+    def encode(self, strings: tf.Tensor, compute) -> tuple[tf.Tensor, tf.Tensor]:
+        """``tf.string [R]`` -> (int64 ids, int64 ids per row).
+
+        ``compute(miss_rows int64 [K]) -> (int64 ids, int64 row splits [K + 1])`` for the rows not cached.
+        """
+        packed = self.table.lookup(strings)
+        hit = packed >= 0
+        lens = tf.where(hit, tf.bitwise.bitwise_and(packed, 255), 0)
+        head = tf.bitwise.right_shift(packed, 8)
+        miss = tf.where(~hit)[:, 0]
+        n_rows = tf.size(packed, out_type=tf.int64)
+        mvals, msplits = tf.cond(tf.size(miss) > 0, lambda: compute(miss),
+                                 lambda: (tf.zeros([0], tf.int64), tf.zeros([1], tf.int64)))
+        mlen = msplits[1:] - msplits[:-1]
+        lens = lens + tf.scatter_nd(miss[:, None], mlen, tf.reshape(n_rows, [1]))
+        out_splits = splits_from_lengths(lens)
+        src = repeat_range(lens)
+        within = tf.range(out_splits[-1]) - tf.gather(out_splits, src)
+        # where each row's ids start: in the computed ids (misses, by rank among them) or the cache
+        miss_rank = tf.cumsum(tf.cast(~hit, tf.int64), exclusive=True)
+        first = tf.where(hit, head, tf.gather(msplits, tf.minimum(miss_rank, tf.size(mlen, out_type=tf.int64))))
+        at = tf.gather(first, src) + within
+        row_hit = tf.gather(hit, src)
+        single = tf.gather(tf.equal(lens, 1) & hit, src)
+        from_cache = tf.where(single, at, tf.cast(_gather_clip(tf.constant(self._values), at), tf.int64))
+        ids = tf.where(row_hit, from_cache, _gather_clip(mvals, at))
+        return ids, lens
+
+
+class ChunkCache(tf.Module):
+    """Chunk text -> its HF ids, for the chunks that are whole vocab entries (computed by HF itself).
+
+    A chunk's ids do not depend on its neighbours (``pretokenize.chunk_plan``), so the lookup is
+    exact; chunks not in the table run the regex split and the merge rounds.
+    """
+
+    def __init__(self, tokenizer_json: dict, plan, byte_level: bool, name=None):
+        super().__init__(name=name)
+        self.n_classes = int(plan.allowed.shape[0])
+        self.classes = RangeTable(plan.classes, name="chunk_classes")
+        self.allowed_flat = plan.allowed.reshape(-1)
+        keys, ids = chunk_cache(tokenizer_json, plan.classes, plan.allowed, byte_level)
+        self.cache = WordCache(keys, ids, name="words")
+
+
+def _piece_starts(splits: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """bool ``[n]``: the value is the first of its (non-empty) word."""
+    starts = tf.scatter_nd(splits[:-1, None], tf.ones_like(splits[:-1], tf.int32), tf.reshape(n + 1, [1]))
+    return starts[:-1] > 0
 
 
 def _ragged_src(splits, rows, lens):

@@ -216,3 +216,77 @@ def reference_merge(model: BPEModel, symbols: list[int]) -> list[int]:
             if m:
                 heapq.heappush(heap, (m[0], pos, m[1]))
     return [s for s, a in zip(sym, alive) if a]
+
+
+# ------------------------------------------------------------------------------------ chunk cache
+def _without_prefix_space(spec):
+    """A pre-tokenizer spec with every ByteLevel's ``add_prefix_space`` off (the graph adds it)."""
+    if isinstance(spec, dict):
+        out = {k: _without_prefix_space(v) for k, v in spec.items()}
+        if out.get("type") == "ByteLevel":
+            out["add_prefix_space"] = False
+        return out
+    if isinstance(spec, list):
+        return [_without_prefix_space(v) for v in spec]
+    return spec
+
+
+def chunk_tokenizer(tokenizer_json: dict):
+    """A ``tokenizers.Tokenizer`` that runs only HF's pre-tokenizer (no prefix space) and BPE model.
+
+    What one chunk of a normalized text piece becomes: the reference for the chunk cache.
+    """
+    import copy
+    import json
+
+    from tokenizers import Tokenizer
+
+    tj = copy.deepcopy(tokenizer_json)
+    for key in ("normalizer", "post_processor", "decoder", "truncation", "padding"):
+        tj[key] = None
+    tj["added_tokens"] = []
+    tj["pre_tokenizer"] = _without_prefix_space(tj.get("pre_tokenizer"))
+    return Tokenizer.from_str(json.dumps(tj))
+
+
+def chunk_cache(tokenizer_json: dict, classes: np.ndarray, allowed: np.ndarray, byte_level: bool,
+                extra: tuple[str, ...] = ()) -> tuple[list[str], list[list[int]]]:
+    """Chunk texts and their exact HF ids: every vocab entry whose text is one whole chunk.
+
+    Args:
+        tokenizer_json: the backend tokenizer.json.
+        classes, allowed: the chunk plan (``pretokenize.chunk_plan``).
+        byte_level: vocab entries are byte-level strings (decoded to text here).
+        extra: more candidate texts.
+
+    A chunk's ids depend on the chunk alone (see ``pretokenize.chunk_plan``), so each value is
+    what HF's own pre-tokenizer and model give for the chunk text, computed once here.
+    """
+    vocab = tokenizer_json["model"]["vocab"]
+    added = {t.get("content") for t in tokenizer_json.get("added_tokens", [])}
+    inverse = {int(c): b for b, c in enumerate(bytes_to_unicode())}
+    texts: dict[str, None] = {}
+    for tok in list(vocab) + list(extra):
+        if tok in added or not tok:
+            continue
+        if byte_level:
+            try:
+                tok = bytes(inverse[ord(c)] for c in tok).decode("utf-8")
+            except (KeyError, UnicodeDecodeError):
+                continue
+        texts.setdefault(tok, None)
+    cands = list(texts)
+    if not cands:
+        return [], []
+    # keep texts that form exactly one chunk: no cut between two of their characters
+    cps = np.fromiter((ord(c) for t in cands for c in t), dtype=np.int64)
+    lens = np.fromiter((len(t) for t in cands), dtype=np.int64)
+    cls = classes[cps]
+    cut = np.zeros(cps.size, dtype=bool)
+    cut[1:] = allowed[cls[:-1], cls[1:]]
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    cut[starts] = False
+    bad = np.add.reduceat(cut.astype(np.int64), starts) > 0
+    keys = [t for t, b in zip(cands, bad) if not b]
+    encs = chunk_tokenizer(tokenizer_json).encode_batch(keys, add_special_tokens=False)
+    return keys, [list(e.ids) for e in encs]

@@ -1273,3 +1273,135 @@ def reference_normalize(kind: str, text: str) -> str:
             res.append(c)
             last_ccc = k
     return "".join(map(chr, res))
+
+
+# ------------------------------------------------------------------------------------ chunking
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where a regex split can be cut into independent chunks without changing its result.
+
+    ``classes`` gives every code point a class (its membership in each of the program's atoms);
+    ``allowed[cx, cy]`` says: between a character of class ``cx`` and the next of class ``cy``,
+    the split result of the whole text is the concatenation of the split results of the two
+    sides, each run alone. See :func:`chunk_plan` for why that holds.
+    """
+
+    classes: np.ndarray  # int32 [0x110000]
+    allowed: np.ndarray  # bool [K, K]
+
+
+def _consumer_sets(it: Item, index: dict) -> tuple[set, set, set, bool]:
+    """(first atoms, last atoms, adjacent atom pairs inside, nullable) of one consuming item."""
+    if isinstance(it, Repeat):
+        a = index[it.atom]
+        inside = {(a, a)} if it.max >= 2 else set()
+        return ({a} if it.max >= 1 else set()), ({a} if it.max >= 1 else set()), inside, it.min == 0
+    first = {index[o[0]] for o in it.options if o}
+    last = {index[o[-1]] for o in it.options if o}
+    inside = {(index[o[k]], index[o[k + 1]]) for o in it.options for k in range(len(o) - 1)}
+    return first, last, inside, bool(it.optional) or any(not o for o in it.options)
+
+
+def _single_char_program(prog: Program) -> bool:
+    """Every alternative consumes exactly one character (``\\S``, ``[abc]``, ``x|y``)."""
+    for alt in prog.alternatives:
+        if len(alt) != 1:
+            return False
+        it = alt[0]
+        if isinstance(it, Repeat):
+            if not (it.min == it.max == 1):
+                return False
+        elif isinstance(it, Choice):
+            if it.optional or any(len(o) != 1 for o in it.options):
+                return False
+        else:
+            return False
+    return True
+
+
+def _always_matches(alt: tuple, index: dict, member_rows: np.ndarray) -> np.ndarray:
+    """bool [K]: the alternative matches, at a position holding a character of class k, whatever follows.
+
+    True when some item can consume that one character while every item before it can match
+    empty (and backtracks: no possessive repeat, no assertion) and every item after it can match
+    empty (no assertion): then that path is a match, and a backtracking engine finds a match.
+    """
+    k_classes = member_rows.shape[0]
+    out = np.zeros(k_classes, dtype=bool)
+    for k, it in enumerate(alt):
+        before_ok = all(
+            (isinstance(p, Choice) and (p.optional or any(not o for o in p.options)))
+            or (isinstance(p, Repeat) and p.min == 0 and p.mode != "possessive")
+            for p in alt[:k])
+        after_ok = all(not isinstance(p, Assert) and _min_width(p) == 0 for p in alt[k + 1:])
+        if not (before_ok and after_ok):
+            continue
+        if isinstance(it, Repeat) and it.min <= 1 <= it.max:
+            out |= member_rows[:, index[it.atom]]
+        elif isinstance(it, Choice):
+            for o in it.options:
+                if len(o) == 1:
+                    out |= member_rows[:, index[o[0]]]
+    return out
+
+
+def chunk_plan(prog: Program) -> ChunkPlan | None:
+    """The cut points of an ``Isolated`` regex split, or None when the program does not allow the proof.
+
+    A cut between characters ``x = s[i-1]`` and ``y = s[i]`` (classes ``cx``, ``cy``) is safe when:
+
+    1. no match, nor any partial match the engine tries, consumes ``x`` and then ``y``: for every
+       pair of atoms ``(A, B)`` that can be consumed one right after the other (inside a repeat,
+       inside a fixed option, or across items with only empty-able items between),
+       not (``cx`` in A and ``cy`` in B). So Oniguruma's scan visits i (no match jumps over it),
+       and every attempt that started before i stops reading at i;
+    2. what such an attempt learns at i equals what it learns at the end of the text: a repeat
+       or option cannot take ``y`` (by 1), and a lookahead after an atom that can hold ``x`` is a
+       single character class F with ``cy`` not in F (so ``(?!F)`` / ``(?=F)`` give the same as at
+       the end). Other assertions (lookbehind, anchors, ``\\b``) are refused outright, so nothing
+       after i ever reads before i;
+    3. some alternative always matches at i (:func:`_always_matches`), so a segment starts at i
+       even after unmatched characters.
+
+    Then the split of ``s`` is the split of ``s[:i]`` followed by that of ``s[i:]``.
+    """
+    atoms = prog.atoms()
+    index = {a: k for k, a in enumerate(atoms)}
+    adj: set = set()
+    look: set = set()
+    for alt in prog.alternatives:
+        prev_last: set = set()
+        for it in alt:
+            if isinstance(it, Assert):
+                if it.kind != "ahead" or it.program is None or not _single_char_program(it.program):
+                    return None
+                body = {index[a] for a in it.program.atoms()}
+                look |= {(p, f) for p in prev_last for f in body}
+                continue
+            first, last, inside, nullable = _consumer_sets(it, index)
+            adj |= {(p, f) for p in prev_last for f in first} | inside
+            prev_last = (prev_last | last) if nullable else set(last)
+    if len(atoms) > 62:
+        return None
+    bits = np.zeros(N_CODEPOINTS, dtype=np.int64)
+    for k, a in enumerate(atoms):
+        bits |= atom_member(a).astype(np.int64) << k
+    uniq, classes = np.unique(bits, return_inverse=True)
+    rows = ((uniq[:, None] >> np.arange(len(atoms))[None, :]) & 1).astype(bool)  # [K, atoms]
+    k_classes = len(uniq)
+    allowed = np.ones((k_classes, k_classes), dtype=bool)
+    for a, b in adj | look:
+        allowed &= ~(rows[:, a][:, None] & rows[:, b][None, :])
+    starts = np.zeros(k_classes, dtype=bool)
+    for alt in prog.alternatives:
+        starts |= _always_matches(alt, index, rows)
+    allowed &= starts[None, :]
+    return ChunkPlan(classes.astype(np.int32).reshape(-1), allowed)
+
+
+def chunk_starts(plan: ChunkPlan, text: str) -> list[int]:
+    """Reference: offsets where :func:`chunk_plan` cuts ``text`` (0 included when non-empty)."""
+    if not text:
+        return []
+    cls = plan.classes[[ord(c) for c in text]]
+    return [0] + [i for i in range(1, len(text)) if plan.allowed[cls[i - 1], cls[i]]]
