@@ -12,8 +12,8 @@ to loading (``{"ok": true, "op": "ready", "info": {...}}``). Requests:
 
 * ``{"op": "texts", "name": N, "path": P}``: load a JSON list of strings as workload ``N``.
 * ``{"op": "warm", "name": N, "batch": B, "calls": K}``: K untimed calls (K <= 0: a full pass).
-* ``{"op": "time", "name": N, "batch": B, "n": M, "out": PATH|null}``: embed the first M texts of
-  N in batches of B, one call per batch, timing each call with ``perf_counter`` here (so the pipe
+* ``{"op": "time", "name": N, "batch": B, "n": M, "start": S, "out": PATH|null}``: embed M texts of
+  N from index S (default 0) in batches of B, one call per batch, timing each call with ``perf_counter`` here (so the pipe
   costs nothing); answers ``{"seconds": total, "lat_ms": [...]}``. With ``out``, the embeddings of
   this pass are saved there as ``.npy`` (after timing) for the accuracy check.
 * ``{"op": "quit"}``: answer, then exit.
@@ -221,7 +221,9 @@ def serve(kind: str, spec: dict, inp, out) -> int:
                     embed(data[i * b:(i + 1) * b] or data[:b])
                 answer({"ok": True})
             elif op == "time":
-                data, b = texts[req["name"]][: int(req.get("n") or 10**9)], int(req["batch"])
+                start_at = int(req.get("start") or 0)
+                data = texts[req["name"]][start_at:start_at + int(req.get("n") or 10**9)]
+                b = int(req["batch"])
                 keep = req.get("out")
                 outs, lat = [], []
                 start = time.perf_counter()

@@ -68,7 +68,7 @@ def convert(model_type: str, hf_config: dict, weights: dict):
 
 
 def build_encoder(model_type: str, hf_config: dict, weights: dict, pad_token_id: int | None = None, *,
-                  unpad: bool = True, consume_weights: bool = False):
+                  unpad: bool = True, consume_weights: bool = False, precision: str = "fp32"):
     """The TF encoder (a ``tf.Module``) of a checkpoint.
 
     Args:
@@ -83,15 +83,26 @@ def build_encoder(model_type: str, hf_config: dict, weights: dict, pad_token_id:
         consume_weights: empty ``weights`` (``dict.clear()``) once converted, and free each array
             as soon as its variables exist, so the export holds the checkpoint about once, not
             twice (a 2.4 GB Qwen3-0.6B). Pass it when nothing else needs the dict.
+        precision: ``"fp32"`` (the default: the exact port) or ``"bf16"`` (opt-in reduced precision:
+            projection kernels stored and multiplied in bfloat16, see :mod:`.precision`).
 
     Returns:
         a module whose ``__call__(input_ids, attention_mask)`` (int64 ``[B, T]``) gives the
-        ``last_hidden_state`` (float32 ``[B, T, H]``).
+        ``last_hidden_state`` (float32 ``[B, T, H]``), with a ``precision`` attribute.
+
+    Raises:
+        UnsupportedError: the architecture or its config (see :func:`architecture`), an unknown
+            ``precision``, or ``"bf16"`` on a CPU without bfloat16 matmuls (no ``avx512_bf16`` /
+            ``amx_bf16`` flag): checked before TensorFlow is imported.
     """
     del pad_token_id
+    from .precision import check_precision
+
+    check_precision(precision)
+    architecture(model_type)
     from .forward import build  # TF from here on
 
     spec = convert(model_type, hf_config, weights)
     if consume_weights:
         weights.clear()  # the spec's views are now the only references to the arrays
-    return build(spec, unpad=unpad, release=consume_weights)
+    return build(spec, unpad=unpad, release=consume_weights, precision=precision)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .spec import PostLNWeights, PreNormWeights
 
 
-def build(weights, *, unpad: bool = True, release: bool = False, name: str = "encoder"):
+def build(weights, *, unpad: bool = True, release: bool = False, name: str = "encoder", precision: str = "fp32"):
     """A :class:`~packager.encoders.layers.ChunkedEncoder` for ``convert_weights``' output.
 
     Args:
@@ -12,13 +12,14 @@ def build(weights, *, unpad: bool = True, release: bool = False, name: str = "en
         unpad: per-token layers on real tokens only (True, the serving path) or the padded layout.
         release: empty ``weights`` as its arrays become variables (see ``layers.take_layers``).
         name: module name.
+        precision: ``"fp32"`` or ``"bf16"`` (see ``precision.py``; checked by the caller).
     """
     if isinstance(weights, PostLNWeights):
         from .layers import PostLNEncoder
 
-        return PostLNEncoder(weights, unpad=unpad, release=release, name=name)
+        return PostLNEncoder(weights, unpad=unpad, release=release, name=name, precision=precision)
     if isinstance(weights, PreNormWeights):
         from .pre_norm import PreNormEncoder
 
-        return PreNormEncoder(weights, unpad=unpad, release=release, name=name)
+        return PreNormEncoder(weights, unpad=unpad, release=release, name=name, precision=precision)
     raise TypeError(f"no forward pass for {type(weights).__name__}")

@@ -27,8 +27,10 @@ from .activations import activation
 from .layers import (
     MASK_VALUE,
     ChunkedEncoder,
+    kernel_dtype,
     layer_norm,
     packing,
+    project,
     rms_norm,
     take,
     take_layers,
@@ -55,8 +57,9 @@ class PreNormLayerModule(tf.Module):
     linear, so either commutes with it.
     """
 
-    def __init__(self, w: PreNormLayer, spec: PreNormWeights, index: int):
+    def __init__(self, w: PreNormLayer, spec: PreNormWeights, index: int, precision: str = "fp32"):
         super().__init__(name=f"layer_{index}")
+        kd = kernel_dtype(precision)
         d = spec.head_dim
         q_out = spec.num_heads * d
         scale = 1.0 / math.sqrt(d)
@@ -70,17 +73,17 @@ class PreNormLayerModule(tf.Module):
             qkv_w[:, :q_out] *= scale
             if qkv_b is not None:
                 qkv_b[:q_out] *= scale
-        self.qkv_w = variable(qkv_w, "qkv_kernel")
+        self.qkv_w = variable(qkv_w, "qkv_kernel", kd)
         del qkv_w
-        self.qkv_b = None if qkv_b is None else variable(qkv_b, "qkv_bias")
-        self.o_w = variable(w.o_w.T, "attention_output_kernel")
-        self.o_b = None if w.o_b is None else variable(w.o_b, "attention_output_bias")
+        self.qkv_b = None if qkv_b is None else variable(qkv_b, "qkv_bias", kd)
+        self.o_w = variable(w.o_w.T, "attention_output_kernel", kd)
+        self.o_b = None if w.o_b is None else variable(w.o_b, "attention_output_bias", kd)
         gu_w, gu_b = _concat_t([w.gate_w, w.up_w], [w.gate_b, w.up_b])
-        self.gate_up_w = variable(gu_w, "gate_up_kernel")
+        self.gate_up_w = variable(gu_w, "gate_up_kernel", kd)
         del gu_w
-        self.gate_up_b = None if gu_b is None else variable(gu_b, "gate_up_bias")
-        self.down_w = variable(w.down_w.T, "down_kernel")
-        self.down_b = None if w.down_b is None else variable(w.down_b, "down_bias")
+        self.gate_up_b = None if gu_b is None else variable(gu_b, "gate_up_bias", kd)
+        self.down_w = variable(w.down_w.T, "down_kernel", kd)
+        self.down_b = None if w.down_b is None else variable(w.down_b, "down_bias", kd)
         self.attn_norm = _norm_variables(w.attn_norm, "attn_norm")
         self.mlp_norm = _norm_variables(w.mlp_norm, "mlp_norm")
         self.rope_theta = float(w.rope_theta)
@@ -94,9 +97,6 @@ def _norm_variables(norm, name):
     return (variable(gamma, f"{name}_gamma"), None if beta is None else variable(beta, f"{name}_beta"))
 
 
-def _matmul(x, kernel, bias):
-    y = tf.matmul(x, kernel)
-    return y if bias is None else tf.nn.bias_add(y, bias)
 
 
 class PreNormEncoder(ChunkedEncoder):
@@ -111,12 +111,14 @@ class PreNormEncoder(ChunkedEncoder):
             uniformly instead of producing NaN) that no pooling mode reads.
         release: empty ``weights`` (arrays set to None, layers popped) as they become variables.
         name: module name.
+        precision: ``"fp32"`` or ``"bf16"`` (see ``precision.py``).
     """
 
     def __init__(self, weights: PreNormWeights, *, unpad: bool = True, release: bool = False,
-                 name: str = "encoder"):
+                 name: str = "encoder", precision: str = "fp32"):
         super().__init__(name=name)
         w = weights
+        self.precision = precision
         self.unpad = bool(unpad)
         self.hidden_size = int(w.word_embeddings.shape[1])
         self.num_heads, self.num_kv_heads, self.head_dim = int(w.num_heads), int(w.num_kv_heads), int(w.head_dim)
@@ -127,7 +129,7 @@ class PreNormEncoder(ChunkedEncoder):
         self.word_embeddings = variable(take(w, "word_embeddings", release), "word_embeddings")
         self.embed_norm = _norm_variables(w.embed_norm, "embed_norm")
         self.final_norm = _norm_variables(w.final_norm, "final_norm")
-        self.layers = [PreNormLayerModule(lw, w, i) for i, lw in take_layers(w, release)]
+        self.layers = [PreNormLayerModule(lw, w, i, precision) for i, lw in take_layers(w, release)]
         # Small per-theta tables; constants are fine at this size (head_dim / 2 floats each).
         self.inv_freq = {t: inverse_frequencies(t, self.head_dim) for t in sorted({l.rope_theta for l in self.layers})}
 
@@ -138,13 +140,15 @@ class PreNormEncoder(ChunkedEncoder):
             return rms_norm(x, norm[0], self.eps)
         return layer_norm(x, norm[0], norm[1], self.eps)
 
-    def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None):  # no token types
+    def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None, dense=False):  # no token types
         """The forward pass without a ``tf.function`` wrapper (for composing into a bigger graph).
 
         Args:
             input_ids, attention_mask: int64 ``[B, T]``.
             position_offset: the column of the full batch that column 0 here is (a chunk cut from
                 a left-padded batch): rotary positions are ``position_offset + column``.
+            dense: every position is a real token (the single-row serving path): no real-token
+                packing (the attention pattern masks still apply).
         """
         shape = tf.shape(input_ids)
         batch, seq = shape[0], shape[1]
@@ -152,7 +156,8 @@ class PreNormEncoder(ChunkedEncoder):
         flat_ids = tf.reshape(input_ids, [-1])
         pos = tf.range(seq, dtype=tf.int32) + tf.cast(position_offset, tf.int32)
         flat_pos = tf.reshape(tf.broadcast_to(pos[tf.newaxis, :], shape), [-1])
-        if self.unpad:
+        packed = self.unpad and not dense
+        if packed:
             pack, unpack = packing(attention_mask)
             flat_ids, flat_pos = pack(flat_ids), pack(flat_pos)
         else:
@@ -186,7 +191,7 @@ class PreNormEncoder(ChunkedEncoder):
         h = self._norm(h, self.embed_norm)
         for layer in self.layers:
             x = self._norm(h, layer.attn_norm)
-            qkv = tf.reshape(_matmul(x, layer.qkv_w, layer.qkv_b), [-1, Hq + 2 * Hkv, d])
+            qkv = tf.reshape(project(x, layer.qkv_w, layer.qkv_b), [-1, Hq + 2 * Hkv, d])
             qk, v = qkv[:, :Hq + Hkv], qkv[:, Hq + Hkv:]
             if layer.qk_norm is not None:
                 qk = rms_norm(qk, layer.qk_norm, self.eps)
@@ -195,13 +200,13 @@ class PreNormEncoder(ChunkedEncoder):
             qk = qk * cos + tf.concat([qk[..., half:], qk[..., :half]], -1) * sin
             heads = tf.reshape(unpack(tf.concat([qk, v], 1)), [batch, seq, Hq + 2 * Hkv, d])
             context = self._attention(heads, biases[layer.pattern], batch, seq)  # [B*T, Hq*d]
-            h = h + _matmul(pack(context), layer.o_w, layer.o_b)
+            h = h + project(pack(context), layer.o_w, layer.o_b)
             x = self._norm(h, layer.mlp_norm)
-            gate_up = _matmul(x, layer.gate_up_w, layer.gate_up_b)
+            gate_up = project(x, layer.gate_up_w, layer.gate_up_b, out_dtype=layer.gate_up_w.dtype)
             gate, up = tf.split(gate_up, 2, axis=-1)
-            h = h + _matmul(act(gate) * up, layer.down_w, layer.down_b)
+            h = h + project(act(gate) * up, layer.down_w, layer.down_b)
         h = self._norm(h, self.final_norm)
-        if self.unpad:
+        if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
         return tf.reshape(h, [batch, seq, self.hidden_size])
 

@@ -1,0 +1,58 @@
+"""Numeric precision of the encoder's projections (TF-free).
+
+``fp32`` (the default) is the exact port: embeddings within 1e-5 of ``SentenceTransformer.encode``.
+``bf16`` is opt-in reduced precision: the projection kernels (Q/K/V, attention output, FFN / gated
+MLP; about 98% of the FLOPs) are stored as bfloat16 variables and multiplied in bfloat16 by oneDNN
+(AMX or AVX512-BF16 kernels), with bfloat16 biases and activations fused into the same primitive.
+Embeddings, LayerNorm / RMSNorm, residuals, rotary, attention scores and softmax stay float32:
+activations are cast to bfloat16 before each projection and its result back to float32, except
+between the two FFN projections, which stay bfloat16. Half the weight bytes to stream per call,
+accuracy about OpenVINO's own bf16 default (see docs/performance.md for the measured figures).
+
+The serving CPU needs native bfloat16 matmuls: :func:`check_precision` refuses ``bf16`` on a CPU
+whose ``/proc/cpuinfo`` flags lack ``avx512_bf16`` and ``amx_bf16`` (without them oneDNN emulates
+bfloat16 at a fraction of float32's speed). The check runs where the graph is BUILT; a bf16 export
+carried to a machine without these flags still runs, slowly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UnsupportedError
+
+PRECISIONS = ("fp32", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags (the first ``flags`` line of ``/proc/cpuinfo``; empty if unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def bf16_supported(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU has native bfloat16 matmuls (``avx512_bf16`` or ``amx_bf16``)."""
+    return bool(cpu_flags(cpuinfo) & set(BF16_FLAGS))
+
+
+def check_precision(precision: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """``precision`` itself if it can be built here.
+
+    Raises:
+        UnsupportedError: an unknown precision, or ``bf16`` on a CPU without bfloat16 matmuls.
+    """
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"unsupported precision {precision!r}. Supported: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not bf16_supported(cpuinfo):
+        raise UnsupportedError(
+            "precision 'bf16' needs a CPU with native bfloat16 matmuls (cpu flag avx512_bf16 or amx_bf16; "
+            f"{cpuinfo} lists neither): oneDNN would emulate bfloat16 far slower than float32. "
+            "Use precision 'fp32' (the default, exact) on this machine")
+    return precision
