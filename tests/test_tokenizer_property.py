@@ -39,12 +39,12 @@ BATCHES = st.lists(_text, min_size=1, max_size=16)
 def pair(request):
     """(in-graph tokenize function, reference SentenceTransformer) for one model."""
     model_dir = request.getfixturevalue(request.param)
-    graph = build_module(load_spec(model_dir))
+    graph_tokenize = build_module(load_spec(model_dir)).signatures()["tokenize"]
 
     def tokenize(texts):
         import tensorflow as tf
 
-        out = graph.tokenize(tf.constant(texts, tf.string))
+        out = graph_tokenize(tf.constant(texts, tf.string))
         return v.strip_padding(out["input_ids"].numpy(), out["attention_mask"].numpy())
 
     return tokenize, v.reference_model(model_dir)
