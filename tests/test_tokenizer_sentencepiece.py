@@ -122,6 +122,51 @@ def test_sentencepiece_ids_equal_hf_when_one_megabyte_strings(xlmr):
     _assert_same([t[:40] for t in texts], v.reference_ids(reference, texts), tokenize(texts))
 
 
+def test_sentencepiece_word_cache_holds_hf_model_ids_when_built(xlmr):
+    model_dir, tok, _, reference = xlmr
+    from packager.tokenizers.spm import pre_tokenizer_steps, word_cache
+
+    tj = json.loads(reference.tokenizer.backend_tokenizer.to_str())
+    keys, ids = word_cache(tj, *pre_tokenizer_steps(tj["pre_tokenizer"]))
+    assert tok.word_cache is not None and tok.word_cache.size == len(keys) > 10
+    model = reference.tokenizer.backend_tokenizer.model
+    rng = random.Random(0)
+    for k in rng.sample(range(len(keys)), min(200, len(keys))):
+        assert ids[k] == [t.id for t in model.tokenize(keys[k])], keys[k]
+    assert all(k.startswith("\u2581") and "\u2581" not in k[1:] and " " not in k for k in keys)
+
+
+@pytest.mark.parametrize("words", [0, 3, 1 << 16])
+def test_sentencepiece_ids_equal_hf_when_runtime_cache_off_tiny_or_large(words, tiny_xlmr, corpus, monkeypatch):
+    """Remembered pre-tokens give what the Viterbi gives: batches twice, the cache full or off."""
+    import tensorflow as tf
+
+    from packager.modules.transformer import load_hf_tokenizer
+    from packager.source import load_spec
+    from packager.tokenizers import bpe as bpe_mod
+    from packager.tokenizers.sentencepiece import SentencePieceTokenizer
+
+    monkeypatch.setattr(bpe_mod, "RUNTIME_CACHE_WORDS", words)
+    spec = load_spec(tiny_xlmr).modules[0]
+    tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.max_seq_length)
+    assert (tok.word_cache.runtime is None) == (words == 0)
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    reference = v.reference_model(tiny_xlmr)
+    texts = list(corpus) + ADVERSARIAL
+    expected = v.reference_ids(reference, texts)
+    rng = random.Random(2)
+    for _ in range(3):
+        ids, mask = fn(tf.constant(texts))
+        _assert_same(texts, expected, v.strip_padding(ids.numpy(), mask.numpy()))
+        order = list(range(len(texts)))
+        rng.shuffle(order)
+        sub = [texts[i] for i in order[:40]]
+        ids, mask = fn(tf.constant(sub))
+        _assert_same(sub, [expected[i] for i in order[:40]], v.strip_padding(ids.numpy(), mask.numpy()))
+    if words:
+        assert int(tok.word_cache.runtime.table.size()) >= 3
+
+
 @pytest.mark.slow
 def test_sentencepiece_ids_equal_hf_when_megabyte_word_never_settles(tiny_xlmr):
     """A 1 MB word whose segmentation depends on its full length: the whole programme runs."""
@@ -306,12 +351,10 @@ def test_decode_charsmap_gives_nfkc_rules_when_nmt_nfkc(tiny_xlmr):
 
 
 def test_sentencepiece_refuses_unknown_pipeline_when_unsupported_normalizer(tiny_xlmr):
-    from tokenizers import normalizers
+    from tokenizers import normalizers, pre_tokenizers
 
     from packager.errors import UnsupportedError
     from packager.tokenizers.sentencepiece import SentencePieceTokenizer
-
-    from tokenizers import pre_tokenizers
 
     hf = _tokenizers_native(tiny_xlmr, pre_tokenizers.Metaspace())
     hf.backend_tokenizer.normalizer = normalizers.NFKC()

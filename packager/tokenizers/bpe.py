@@ -28,12 +28,20 @@ How each step runs vectorised over the whole batch:
   as soon as no pair of theirs can merge, so the loop runs as many rounds as the slowest word needs.
 * **Truncation.** Only the first ``max_seq_length - specials`` words of a text piece can reach the
   output (every non-empty word gives at least one token), so later words are dropped before BPE.
+* **Chunk cache** (pre-tokenizers that are one ``Isolated`` regex split, with ByteLevel: GPT-2,
+  RoBERTa, Qwen, Llama 3, cl100k, o200k ...). ``pretokenize.chunk_plan`` proves, from the regex
+  program, between which character classes the text can be cut so that the split of the whole is
+  the splits of the parts (no match, nor a match attempt, can cross the cut or see past it). One
+  class lookup per character cuts each piece into chunks (``" world"``, ``"."``, ``"'s"``); a chunk
+  whose text is a vocab entry gets its ids from a table computed at export time by HF's own
+  pre-tokenizer and model (:class:`WordCache`), so only the other chunks run the regex programme
+  and the merge rounds. Chunks computed while serving are remembered too (:class:`RuntimeCache`,
+  what HF's BPE ``cache`` does). Both give exactly the computed ids: a chunk's ids depend on the
+  chunk alone. Other pre-tokenizers take the full path.
 
 Invalid UTF-8 arrives decoded as U+FFFD (``common.decode_utf8``), NUL is an ordinary character.
 """
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import tensorflow as tf
@@ -297,7 +305,6 @@ def split_words(words: Words, matcher: RegexProgram, behavior: str, invert: bool
 
 def _apply_matches(words: Words, u, real_pos, end, behavior: str, invert: bool) -> Words:
     m = tf.size(u, out_type=tf.int64)
-    pos = tf.range(m)
     taken = _scan_taken(end)
     starts = tf.where(taken)[:, 0]
     stops = tf.gather(end, starts)
@@ -645,6 +652,14 @@ class PreTokenizer(tf.Module):
                                         "Isolated", False))
                 self._steps.append(("bytes",))
                 self.byte_level = True
+            elif kind == "metaspace":
+                _, repl, scheme, split = step
+                if scheme == "first" and self._steps:
+                    raise UnsupportedError("Metaspace(prepend_scheme='first') after another pre-tokenizer step")
+                self._steps.append(("metaspace", ord(repl), scheme))
+                if split:
+                    self._steps.append(("split", RegexProgram(pt.literal_program(repl), name="metaspace"),
+                                        "MergedWithNext", False))
             else:  # pragma: no cover
                 raise UnsupportedError(f"pre-tokenizer step {kind}")
         self._mods = [s[1] for s in self._steps if s[0] == "split"]
@@ -658,9 +673,13 @@ class PreTokenizer(tf.Module):
             if split[2] == "Isolated" and not split[3]:
                 self.chunk_plan = pt.chunk_plan(split[1].prog)
 
-    def __call__(self, words: Words, skip_prefix: bool = False) -> Words:
+    def __call__(self, words: Words, skip_prefix: bool = False, is_first: tf.Tensor | None = None) -> Words:
+        """``is_first``: bool per piece, the piece starts the sentence (Metaspace's ``first`` scheme)."""
         for s in self._steps:
             if s[0] == "prefix_space" and skip_prefix:
+                continue
+            if s[0] == "metaspace":
+                words = _metaspace(words, s[1], s[2], is_first)
                 continue
             if s[0] == "split":
                 with tf.name_scope("split"):
@@ -673,6 +692,21 @@ class PreTokenizer(tf.Module):
         return words
 
 
+def _metaspace(words: Words, repl: int, scheme: str, is_first: tf.Tensor | None) -> Words:
+    """HF ``Metaspace`` before its optional split: spaces become ``repl``, which is prepended to a word
+    not starting with it (``always``; ``first``: only to the word at offset 0 of the sentence)."""
+    words = Words(tf.where(tf.equal(words.values, 32), repl, words.values), words.splits, words.piece)
+    if scheme == "never":
+        return words
+    mask = None
+    if scheme == "first":
+        if is_first is None:
+            raise UnsupportedError("Metaspace(prepend_scheme='first') needs to know which piece starts the sentence")
+        # a pre-tokenizer's first step sees one word per piece
+        mask = tf.gather(is_first, words.piece)
+    return prepend_to_words(words, chr(repl), chr(repl), mask=mask)
+
+
 # ------------------------------------------------------------------------------------ BPE model
 # packed merge value: rank << 35 | reach << 24 | monotone << 23 | new id (< 2**23)
 RANK_SHIFT = 35
@@ -680,6 +714,8 @@ REACH_SHIFT = 24
 MAX_REACH = (1 << 11) - 1
 # words with at least this many symbols also use the window rule (see BPEMerger.merge)
 LONG_WORD = 24
+# words (chunks, pre-tokens) computed while serving that a tokenizer remembers (RuntimeCache); 0: none
+RUNTIME_CACHE_WORDS = 1 << 16
 
 
 class BPEMerger(tf.Module):
@@ -961,6 +997,12 @@ class BPETokenizer(InGraphTokenizer):
         tj = self.tokenizer_json
         self.normalizer = Normalizer(tj.get("normalizer"), name="normalizer")
         self.pre_tokenizer = PreTokenizer(tj.get("pre_tokenizer"), name="pre_tokenizer")
+        if any(st[0] == "metaspace" and st[2] == "first" for st in self.pre_tokenizer._steps):
+            # HF prepends at original offset 0 only: a normalizer that can delete the first character moves it
+            movers = [st[0] for st in pt.normalizer_steps(tj.get("normalizer")) if st[0] in ("strip", "replace",
+                                                                                             "strip_accents")]
+            if movers:
+                raise UnsupportedError(f"Metaspace(prepend_scheme='first') after a {movers[0]} normalizer")
         self.bpe = BPEMerger(read_bpe_model(tj["model"]), name="bpe")
         self.budget = max(self.max_seq_length - self.post.n_special, 0)
         # exact pruning needs: no non-empty word can give zero tokens
@@ -983,17 +1025,18 @@ class BPETokenizer(InGraphTokenizer):
 
     def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
         pieces = pieces.with_row_splits_dtype(tf.int64)
-        return self._encode(Words(pieces.flat_values, pieces.row_splits, tf.range(pieces.nrows())), pieces.nrows())
+        return self._encode(Words(pieces.flat_values, pieces.row_splits, tf.range(pieces.nrows())), pieces.nrows(),
+                            is_first)
 
     def encode_raw_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
         pieces = pieces.with_row_splits_dtype(tf.int64)
         w = Words(pieces.flat_values, pieces.row_splits, tf.range(pieces.nrows()))
-        return self._encode(self.normalizer(w), pieces.nrows())
+        return self._encode(self.normalizer(w), pieces.nrows(), is_first)
 
-    def _encode(self, words: Words, n_pieces) -> tf.RaggedTensor:
+    def _encode(self, words: Words, n_pieces, is_first=None) -> tf.RaggedTensor:
         if self.chunks is not None:
             return self._encode_chunked(words, n_pieces)
-        return self._encode_words(words, n_pieces)
+        return self._encode_words(words, n_pieces, is_first=is_first)
 
     def _encode_chunked(self, words: Words, n_pieces) -> tf.RaggedTensor:
         """Pieces -> chunks (cut where ``pretokenize.chunk_plan`` allows) -> cached ids, or BPE for misses."""
@@ -1046,9 +1089,9 @@ class BPETokenizer(InGraphTokenizer):
 
         return tf.cond(tf.reduce_all(keep), lambda: (csplits, cpiece, v), prune)
 
-    def _encode_words(self, words: Words, n_pieces, skip_prefix: bool = False) -> tf.RaggedTensor:
+    def _encode_words(self, words: Words, n_pieces, skip_prefix: bool = False, is_first=None) -> tf.RaggedTensor:
         with tf.name_scope("bpe_pretokenize"):
-            words = self.pre_tokenizer(words, skip_prefix=skip_prefix)
+            words = self.pre_tokenizer(words, skip_prefix=skip_prefix, is_first=is_first)
         with tf.name_scope("bpe_budget"):
             words = self._within_budget(words)
         with tf.name_scope("bpe_symbols"):
@@ -1059,7 +1102,6 @@ class BPETokenizer(InGraphTokenizer):
         with tf.name_scope("bpe_merge"):
             ids, isplits = self.bpe.merge(sym, ssplits)
         # words -> pieces
-        nw = tf.size(words.piece, out_type=tf.int64)
         wlen = isplits[1:] - isplits[:-1]
         plen = tf.math.unsorted_segment_sum(wlen, words.piece, n_pieces)
         return tf.RaggedTensor.from_row_splits(ids, splits_from_lengths(plen), validate=False)
@@ -1095,9 +1137,11 @@ class WordCache(tf.Module):
     when there are any), then puts both back in order.
     """
 
-    def __init__(self, keys, ids, name=None):
+    def __init__(self, keys, ids, runtime_words: int | None = None, name=None):
         super().__init__(name=name)
         self.size = len(keys)
+        runtime_words = RUNTIME_CACHE_WORDS if runtime_words is None else runtime_words
+        self.runtime = RuntimeCache(runtime_words, name="runtime") if runtime_words > 0 else None
         # per key one int64: (id << 8) | 1 for one id, (offset into values << 8) | count for several
         lens = np.array([len(i) for i in ids], dtype=np.int64)
         if lens.size and lens.max() >= 256:
@@ -1128,7 +1172,14 @@ class WordCache(tf.Module):
         head = tf.bitwise.right_shift(packed, 8)
         miss = tf.where(~hit)[:, 0]
         n_rows = tf.size(packed, out_type=tf.int64)
-        mvals, msplits = tf.cond(tf.size(miss) > 0, lambda: compute(miss),
+
+        def misses():
+            if self.runtime is None:
+                return compute(miss)
+            ids, lens = self.runtime.encode(tf.gather(strings, miss), lambda rows: compute(tf.gather(miss, rows)))
+            return ids, splits_from_lengths(lens)
+
+        mvals, msplits = tf.cond(tf.size(miss) > 0, misses,
                                  lambda: (tf.zeros([0], tf.int64), tf.zeros([1], tf.int64)))
         mlen = msplits[1:] - msplits[:-1]
         lens = lens + tf.scatter_nd(miss[:, None], mlen, tf.reshape(n_rows, [1]))
@@ -1144,6 +1195,80 @@ class WordCache(tf.Module):
         from_cache = tf.where(single, at, tf.cast(_gather_clip(tf.constant(self._values), at), tf.int64))
         ids = tf.where(row_hit, from_cache, _gather_clip(mvals, at))
         return ids, lens
+
+
+class RuntimeCache(tf.Module):
+    """Words computed while serving, remembered (HF's BPE and Unigram models keep such a cache too).
+
+    A ``MutableHashTable`` (core TF ops: find, insert, size) from the word to its ids, at most
+    ``WIDTH`` of them, padded with -1; words with more ids are not kept. Entries are only added
+    while the table holds fewer than ``max_words``. The ids of a word depend on the word alone,
+    so a remembered word gives exactly what computing it gives: the output never depends on what
+    was served before, only the time does.
+    """
+
+    WIDTH = 8
+
+    def __init__(self, max_words: int, name=None):
+        super().__init__(name=name)
+        self.max_words = int(max_words)
+        self.table = tf.lookup.experimental.MutableHashTable(
+            tf.string, tf.int64, default_value=tf.constant([-1] * self.WIDTH, tf.int64), name="words")
+
+    def encode(self, strings: tf.Tensor, compute) -> tuple[tf.Tensor, tf.Tensor]:
+        """Like :meth:`WordCache.encode`; computed words are remembered."""
+        got = tf.reshape(self.table.lookup(strings), [-1, self.WIDTH])
+        known = got >= 0
+        hit = known[:, 0]
+        hlen = tf.reduce_sum(tf.cast(known, tf.int64), axis=1)
+        hvals = tf.boolean_mask(got, known)  # row-major: hit rows' ids in row order
+        miss = tf.where(~hit)[:, 0]
+
+        def fresh():
+            vals, splits = compute(miss)
+            lens = splits[1:] - splits[:-1]
+            keep = lens <= self.WIDTH
+            rows = tf.where(keep)[:, 0]
+            k_lens = tf.gather(lens, rows)
+            k_src = repeat_range(k_lens)
+            k_within = tf.range(tf.reduce_sum(k_lens)) - tf.gather(splits_from_lengths(k_lens), k_src)
+            dense = tf.tensor_scatter_nd_update(
+                tf.fill(tf.stack([tf.size(rows, out_type=tf.int64), tf.constant(self.WIDTH, tf.int64)]),
+                        tf.constant(-1, tf.int64)),
+                tf.stack([k_src, k_within], 1), tf.gather(vals, _ragged_src(splits, rows, k_lens)))
+            new_keys = tf.gather(tf.gather(strings, miss), rows)
+            insert = tf.cond(self.table.size() < self.max_words,
+                             lambda: _after(self.table.insert(new_keys, dense), tf.constant(True)),
+                             lambda: tf.constant(False))
+            with tf.control_dependencies([insert]):
+                return tf.identity(vals), tf.identity(splits)
+
+        mvals, msplits = tf.cond(tf.size(miss) > 0, fresh,
+                                 lambda: (tf.zeros([0], tf.int64), tf.zeros([1], tf.int64)))
+        return _interleave(hit, hvals, splits_from_lengths(tf.boolean_mask(hlen, hit)), mvals, msplits)
+
+
+def _after(op, value):
+    with tf.control_dependencies([op]):
+        return tf.identity(value)
+
+
+def _interleave(take_a, a_vals, a_splits, b_vals, b_splits) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rows from two ragged sets, A for the rows where ``take_a``, B for the others, in row order.
+
+    Returns (values, row lengths).
+    """
+    a_rank = tf.cumsum(tf.cast(take_a, tf.int64), exclusive=True)
+    b_rank = tf.cumsum(tf.cast(~take_a, tf.int64), exclusive=True)
+    a_len = a_splits[1:] - a_splits[:-1]
+    b_len = b_splits[1:] - b_splits[:-1]
+    lens = tf.where(take_a, _gather_clip(a_len, a_rank), _gather_clip(b_len, b_rank))
+    first = tf.where(take_a, _gather_clip(a_splits, a_rank), _gather_clip(b_splits, b_rank))
+    out_splits = splits_from_lengths(lens)
+    src = repeat_range(lens)
+    at = tf.gather(first, src) + tf.range(out_splits[-1]) - tf.gather(out_splits, src)
+    vals = tf.where(tf.gather(take_a, src), _gather_clip(a_vals, at), _gather_clip(b_vals, at))
+    return vals, lens
 
 
 class ChunkCache(tf.Module):

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import UnsupportedError
 
+
 # GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256 + n
 def bytes_to_unicode() -> np.ndarray:
     """int32 ``[256]``: the character each byte becomes in byte-level BPE."""
@@ -236,12 +237,11 @@ def chunk_tokenizer(tokenizer_json: dict):
 
     What one chunk of a normalized text piece becomes: the reference for the chunk cache.
     """
-    import copy
     import json
 
     from tokenizers import Tokenizer
 
-    tj = copy.deepcopy(tokenizer_json)
+    tj = dict(tokenizer_json)  # top-level keys replaced below, nothing nested is changed
     for key in ("normalizer", "post_processor", "decoder", "truncation", "padding"):
         tj[key] = None
     tj["added_tokens"] = []

@@ -40,7 +40,6 @@ import hashlib
 import os
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -81,15 +80,17 @@ def cached(kind: str, key: str, fn: Callable[[], dict]) -> dict:
     """``fn()`` (a dict of numpy arrays), memoised in memory and on disk.
 
     The key includes the installed ``tokenizers`` version, since the probed behaviour is that
-    library's. Disk cache: ``$PACKAGER_CACHE/probes`` (default ``~/.cache/packager``); ``off`` disables it.
+    library's. Disk cache: ``settings.cache_dir("probes")`` (None: caching off).
     """
     import tokenizers
+
+    from ..settings import cache_dir
 
     digest = hashlib.sha256(f"{kind}|{tokenizers.__version__}|{key}".encode()).hexdigest()[:32]
     if digest in _MEMO:
         return _MEMO[digest]  # type: ignore[return-value]
-    root = os.environ.get("PACKAGER_CACHE", str(Path.home() / ".cache" / "packager"))
-    path = None if root == "off" else Path(root) / "probes" / f"bpe-{kind}-{digest}.npz"
+    folder = cache_dir("probes")
+    path = None if folder is None else folder / f"bpe-{kind}-{digest}.npz"
     if path is not None and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -995,6 +996,7 @@ def atom_member(atom: Atom) -> np.ndarray:  # noqa: F811 - extends the regex ver
 # ------------------------------------------------------------------------------------ pre-tokenizers
 SPLIT_BEHAVIORS = ("Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous")
 SUPPORTED_PRE_TOKENIZERS = ("ByteLevel", "Split", "Digits", "WhitespaceSplit", "Punctuation", "CharDelimiterSplit",
+                            "Metaspace",
                             "Sequence")
 SUPPORTED_NORMALIZERS = ("NFC", "NFKC", "NFD", "NFKD", "Lowercase", "StripAccents", "Replace", "Prepend", "Strip",
                          "Sequence")
@@ -1020,7 +1022,8 @@ def pattern_program(pattern: dict) -> Program:
 def pre_tokenizer_steps(spec: dict | None) -> list[tuple]:
     """tokenizer.json ``pre_tokenizer`` -> steps:
 
-    ``("split", Program, behavior, invert)`` or ``("byte_level", add_prefix_space, use_regex)``.
+    ``("split", Program, behavior, invert)``, ``("byte_level", add_prefix_space, use_regex)`` or
+    ``("metaspace", replacement, prepend_scheme, split)``.
 
     Raises:
         UnsupportedError: naming an unsupported pre-tokenizer (and listing the supported ones).
@@ -1043,6 +1046,14 @@ def pre_tokenizer_steps(spec: dict | None) -> list[tuple]:
         return [("split", class_program(Atom("@punctuation")), _behavior(spec.get("behavior", "Isolated")), False)]
     if kind == "CharDelimiterSplit":
         return [("split", literal_program(spec["delimiter"]), "Removed", False)]
+    if kind == "Metaspace":
+        repl = spec.get("replacement", "\u2581")
+        scheme = spec.get("prepend_scheme")
+        if scheme is None:  # tokenizers < 0.14 files
+            scheme = "always" if spec.get("add_prefix_space", True) else "never"
+        if len(repl) != 1 or scheme not in ("always", "first", "never"):
+            raise UnsupportedError(f"unsupported Metaspace settings: replacement {repl!r}, prepend_scheme {scheme!r}")
+        return [("metaspace", repl, scheme, bool(spec.get("split", True)))]
     raise UnsupportedError(
         f"unsupported BPE pre-tokenizer {kind!r}. Supported: {', '.join(SUPPORTED_PRE_TOKENIZERS)}")
 

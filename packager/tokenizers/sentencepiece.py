@@ -44,6 +44,11 @@ Where HF and ``sentencepiece`` differ (each difference was measured), and what i
   id table derived from both (:func:`spm_to_hf_ids`), and recorded as ``vocab_source``; the graph
   always emits HF ids, built from the Unigram vocab that sentence-transformers actually runs.
 
+Speed: a pre-token's ids depend on it alone, so pre-tokens that are whole vocab pieces take their
+ids from a table computed at export time by HF's Unigram model itself (``spm.word_cache``), and
+pre-tokens computed while serving are remembered (``bpe.RuntimeCache``, as HF's Unigram ``cache``
+does); only the others run the trie walk and the Viterbi.
+
 Other inputs:
 
 * **NUL bytes** are ordinary characters in every op used here (no ``regex_split``, whose RE2
@@ -70,6 +75,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import UnsupportedError
+from .bpe import WordCache, _ragged_src
 from .common import (
     N_CODEPOINTS,
     WHITE_SPACE,
@@ -111,6 +117,7 @@ from .spm import (  # noqa: F401  (model_proto_class, spm_to_hf_ids, decode_char
     pre_tokenizer_steps,
     probed_properties,
     spm_to_hf_ids,
+    word_cache,
 )
 
 log = logging.getLogger(__name__)
@@ -391,10 +398,10 @@ class UnigramViterbi(tf.Module):
         self.chunk = -(-int(chunk) // UNROLL) * UNROLL
         self.n_nodes = len(node_piece)
         self._scores = np.array(scores + [unk_score, -np.inf], dtype=np.float64)  # last: no piece
-        self._ids = np.array(list(range(len(vocab))) + [unk_id, unk_id], dtype=np.int64)
+        self._ids = np.array(list(range(len(vocab))) + [unk_id, unk_id], dtype=np.int32)
         self._node_piece = np.array(node_piece, dtype=np.int32)
         keys = np.array([(n << 21) | c for n, c in children], dtype=np.int64)
-        vals = np.array(list(children.values()), dtype=np.int64)
+        vals = np.array(list(children.values()), dtype=np.int32)  # node ids < 2**31: half the bytes
         self.trie = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.constant(vals)), default_value=-1)
 
@@ -417,7 +424,7 @@ class UnigramViterbi(tf.Module):
         # inside the trie and inside their pre-token stay (live: start, end, node)
         def body(d, live, ta):
             at = live[:, 0] + tf.cast(d - 1, tf.int64)
-            child = self.trie.lookup(live[:, 2] * (1 << 21) + tf.gather(v64, at))
+            child = tf.cast(self.trie.lookup(live[:, 2] * (1 << 21) + tf.gather(v64, at)), tf.int64)
             piece = tf.gather(node_piece, tf.maximum(child, 0))
             found = (child >= 0) & (piece >= 0)
             # (end position, column of length d) -> piece
@@ -528,7 +535,7 @@ class UnigramViterbi(tf.Module):
         e = tf.boolean_mask(by_rank, on_rm > 0)  # path entries, pre-token by pre-token, in order
         rank = tf.gather(e_rank, e)
         slots = tf.gather_nd(slot, tf.stack([tf.gather(rows, e), tf.cast(tf.gather(k, e), tf.int64)], axis=1))
-        ids = self._fuse_unknowns(rank, tf.gather(tf.constant(self._ids), slots), w)
+        ids = self._fuse_unknowns(rank, tf.cast(tf.gather(tf.constant(self._ids), slots), tf.int64), w)
         return tf.gather(ids, tf.math.invert_permutation(order))
 
     def _fuse_unknowns(self, rows, ids, n_rows) -> tf.RaggedTensor:
@@ -632,7 +639,7 @@ class UnigramViterbi(tf.Module):
         rows = tf.gather(starts, ws) + tf.cast(pos, tf.int64) - 1
         col = tf.gather(cols_flat, pos * w + ws)
         slots = tf.gather_nd(slot, tf.stack([rows, tf.cast(col, tf.int64)], axis=1))
-        return self._fuse_unknowns(ws, tf.gather(tf.constant(self._ids), slots), w)
+        return self._fuse_unknowns(ws, tf.cast(tf.gather(tf.constant(self._ids), slots), tf.int64), w)
 
     @_no_autograph
     def encode(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -763,6 +770,10 @@ class SentencePieceTokenizer(InGraphTokenizer):
         spm_file = next((Path(module_dir) / f for f in SPM_FILES if (Path(module_dir) / f).is_file()), None)
         self.vocab_source = check_spm_file(spm_file, vocab)
         self.unigram = UnigramViterbi(vocab, int(unk_id), self.max_seq_length, name="unigram")
+        # pre-tokens that are whole pieces: their ids looked up, not searched for (exact: a pre-token's
+        # ids depend on it alone, and HF's own model computed them)
+        keys, ids = word_cache(tj, self.whitespace_split, self.metaspace)
+        self.word_cache = WordCache(keys, ids, name="word_cache") if keys else None
 
     # -- graph ---------------------------------------------------------------------------------
     @_no_autograph
@@ -776,6 +787,23 @@ class SentencePieceTokenizer(InGraphTokenizer):
             elif step[0] == "collapse_spaces":
                 pieces = _collapse_spaces(pieces)
         return pieces
+
+    @_scoped("sp_words")
+    def _encode_pretokens(self, words: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Pre-tokens ``[W, (chars)]`` -> ids ``[W, (n)]``: cached ones looked up, the others by Viterbi."""
+        if self.word_cache is None:
+            return self.unigram.encode(words)
+        words = words.with_row_splits_dtype(tf.int64)
+
+        def compute(miss):
+            lens = tf.gather(words.row_lengths(), miss)
+            vals = tf.gather(words.values, _ragged_src(words.row_splits, miss, lens))
+            ids = self.unigram.encode(tf.RaggedTensor.from_row_splits(vals, splits_from_lengths(lens), validate=False))
+            ids = ids.with_row_splits_dtype(tf.int64)
+            return tf.cast(ids.values, tf.int64), ids.row_splits
+
+        ids, lens = self.word_cache.encode(tf.strings.unicode_encode(words, "UTF-8"), compute)
+        return tf.RaggedTensor.from_row_splits(ids, splits_from_lengths(lens), validate=False)
 
     @_scoped("sp_pretokenize")
     def encode_pieces(self, pieces: tf.RaggedTensor, is_first: tf.Tensor) -> tf.RaggedTensor:
@@ -833,7 +861,7 @@ class SentencePieceTokenizer(InGraphTokenizer):
         tok_splits = tf.concat([tok_starts, tf.reshape(tf.size(values, out_type=tf.int64), [1])], 0)
         words = tf.RaggedTensor.from_row_splits(values, tok_splits, validate=False)
         tok_piece = tf.boolean_mask(k_piece, kt)
-        per_tok = self.unigram.encode(words)
+        per_tok = self._encode_pretokens(words)
         # group pre-tokens into pieces (every piece, also those without a pre-token)
         n_pieces = pieces.nrows()
         counts = tf.math.bincount(tf.cast(tok_piece, tf.int32), minlength=tf.cast(n_pieces, tf.int32),

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UnsupportedError
-from .hf import N_CODEPOINTS, cached_probe
+from .hf import N_CODEPOINTS, WHITE_SPACE, cached_probe
 
 log = logging.getLogger(__name__)
 
@@ -367,3 +367,45 @@ def pre_tokenizer_steps(pre: dict | None) -> tuple[bool, dict | None]:
     raise UnsupportedError(
         f"unsupported pre_tokenizer for a Unigram tokenizer: {names}. Supported: Metaspace, WhitespaceSplit, "
         "WhitespaceSplit then Metaspace")
+
+
+# ------------------------------------------------------------------------------------ word cache
+def model_only_tokenizer(tokenizer_json: dict):
+    """A ``tokenizers.Tokenizer`` that runs only the Unigram model on its input (one pre-token)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import Unigram
+
+    m = tokenizer_json["model"]
+    return Tokenizer(Unigram([(str(p), float(sc)) for p, sc in m["vocab"]], m.get("unk_id"),
+                             bool(m.get("byte_fallback", False))))
+
+
+def word_cache(tokenizer_json: dict, whitespace_split: bool, metaspace: dict | None,
+               limit: int | None = None) -> tuple[list[str], list[list[int]]]:
+    """Pre-tokens that are whole vocab pieces, and HF's Unigram ids for each (its Viterbi, run here once).
+
+    A pre-token's ids depend on the pre-token alone, so the graph can look them up. Only pieces that
+    can be pre-tokens are kept: no white space when the pre-tokenizer splits on it (no space when
+    Metaspace replaces it); with a splitting
+    Metaspace, the replacement only first, and first always when it is prepended to every word.
+    ``limit``: keep the best-scored pieces only.
+    """
+    vocab = tokenizer_json["model"]["vocab"]
+    repl = metaspace["replacement"] if metaspace else None
+    ws = set(chr(c) for c in WHITE_SPACE) if whitespace_split else ({" "} if metaspace else set())
+    always = bool(metaspace) and metaspace["prepend_scheme"] == "always" and metaspace["split"]
+    keys = []
+    seen = set()
+    for piece, score in sorted(vocab, key=lambda ps: -float(ps[1])):
+        if not piece or piece in seen or any(c in ws for c in piece):
+            continue
+        if repl is not None and metaspace["split"] and repl in piece[1:]:
+            continue
+        if always and not piece.startswith(repl):
+            continue
+        seen.add(piece)
+        keys.append(piece)
+        if limit is not None and len(keys) >= limit:
+            break
+    model = model_only_tokenizer(tokenizer_json).model
+    return keys, [[t.id for t in model.tokenize(k)] for k in keys]
