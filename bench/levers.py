@@ -36,28 +36,28 @@ LEVERS = {
     "frozen": ("the serving graph rebuilt with the encoder's weights as graph constants, not variables",
                {"base": "rebuilt", "freeze": True}),
     "lean-b1-frozen": ("lean-b1 with the encoder weights as graph constants", {"base": "lean", "freeze": True}),
-    "ln-2op": ("the rebuilt graph with LayerNorm as mean/variance then x*inv + (beta - mean*inv): 2 ops on the "
-               "[N, H] activations instead of 4", {"base": "rebuilt", "ln": "2op"}),
-    "ln-fused-bn": ("the rebuilt graph with LayerNorm as one FusedBatchNormV3 over rows (Keras' trick), then "
-                    "gamma/beta", {"base": "rebuilt", "ln": "fused-bn"}),
+    "ln-2op": (("the rebuilt graph with LayerNorm as mean/variance then x*inv + (beta - mean*inv): 2 ops on the "
+                "[N, H] activations instead of 4"), {"base": "rebuilt", "ln": "2op"}),
+    "ln-fused-bn": (("the rebuilt graph with LayerNorm as one FusedBatchNormV3 over rows (Keras' trick), then "
+                     "gamma/beta"), {"base": "rebuilt", "ln": "fused-bn"}),
     "grappler-off": ("the export with grappler's meta optimizer disabled", {"base": "export",
                                                                           "grappler": {"disable_meta_optimizer": True}}),
     "no-remapper": ("the export without grappler's remapper (no fused MatMul+BiasAdd+GELU)",
                     {"base": "export", "grappler": {"remapping": False}}),
     "onednn-off": ("the export with TF_ENABLE_ONEDNN_OPTS=0 (Eigen kernels)", {"base": "export", "onednn": "0"}),
-    "frozen-weights-env": ("the export with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN caches its reordered (blocked) "
-                           "weights and uses brgemm instead of re-packing them in every call",
+    "frozen-weights-env": (("the export with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1: oneDNN caches its reordered (blocked) "
+                            "weights and uses brgemm instead of re-packing them in every call"),
                            {"base": "export", "env": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}),
-    "caller-thread-env": ("the export with TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1 (the calling thread joins "
-                          "oneDNN's parallel work)", {"base": "export", "env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}}),
+    "caller-thread-env": (("the export with TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1 (the calling thread joins "
+                           "oneDNN's parallel work)"), {"base": "export", "env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}}),
     "both-env": ("the export with both oneDNN env settings above", {"base": "export", "env": {
         "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1", "TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "1"}}),
     "lean-b1+frozen-env": ("lean-b1 with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1",
                            {"base": "lean", "env": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}),
     "frozen-env-threads-1": ("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 with 1 intra-op thread",
                              {"base": "export", "threads": 1, "env": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}),
-    "fpmath-bf16": ("REDUCED PRECISION: the export with ONEDNN_DEFAULT_FPMATH_MODE=BF16 and frozen weights "
-                    "(f32 primitives computed in bf16 on AMX / AVX512-BF16)",
+    "fpmath-bf16": (("REDUCED PRECISION: the export with ONEDNN_DEFAULT_FPMATH_MODE=BF16 and frozen weights "
+                     "(f32 primitives computed in bf16 on AMX / AVX512-BF16)"),
                     {"base": "export", "reduced": True, "env": {"ONEDNN_DEFAULT_FPMATH_MODE": "BF16",
                                                                 "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}}),
     "threads-1": ("the export with 1 intra-op thread", {"base": "export", "threads": 1}),
@@ -100,7 +100,12 @@ def lean_row(enc, ids, pad_to: int | None = None):
     """
     import tensorflow as tf
 
-    from packager.encoders.layers import ACTIVATIONS, MASK_VALUE, layer_norm, positions_from_input_ids
+    from packager.encoders.layers import (
+        ACTIVATIONS,
+        MASK_VALUE,
+        layer_norm,
+        positions_from_input_ids,
+    )
 
     _encoder_parts(enc)
     seq = tf.shape(ids)[1]
@@ -197,7 +202,7 @@ def build(spec: dict):
         row = lean_row
         if d.get("xla"):
             xla_row = tf.function(lambda ids: lean_row(enc, ids, pad_to=32), jit_compile=True)
-            row = lambda _enc, ids: xla_row(ids)  # noqa: E731
+            row = lambda _enc, ids: xla_row(ids)
 
         @tf.function(input_signature=sig)
         def fn(strings):
@@ -285,3 +290,29 @@ def _session(d: dict):
         return np.asarray(sess.run(o, {i: texts}))
 
     return embed
+
+
+# ----------------------------------------------------------------------------- exports with encoder options
+def export_with(out_dir: str, model=None, **encoder_options) -> None:
+    """Export ``model`` (default: the embedded one) with ``build_encoder`` keyword options the CLI does not
+    expose yet (``precision="bf16"``): ``packager.encoders.build_encoder`` is wrapped for this process, the
+    rest is ``packager.graph.export`` as shipped. Bench code: ``packager export --precision`` replaces it."""
+    import functools
+
+    from packager import encoders
+    from packager.graph import export
+
+    encoders.build_encoder = functools.partial(encoders.build_encoder, **encoder_options)
+    export(model, out_dir, force=True)
+
+
+if __name__ == "__main__":  # python -m bench.levers export OUT_DIR [--precision bf16] [--model DIR]
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.levers")
+    ap.add_argument("command", choices=["export"])
+    ap.add_argument("out_dir")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--model", default=None)
+    a = ap.parse_args()
+    export_with(a.out_dir, a.model, precision=a.precision)

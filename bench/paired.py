@@ -5,7 +5,7 @@
 
 Every contender is its own long-lived worker process (``bench/worker.py``; grappler, oneDNN and thread
 settings are process-wide): each ``--export`` directory as shipped (``serving_default`` on raw strings),
-and each ``--levers`` name of ``bench/levers.py`` on the FIRST export. Unlike ``bench/batch1_profile.py``
+and each ``--levers`` name of ``bench/levers.py`` on the first export (or ``--lever-export``). Unlike ``bench/batch1_profile.py``
 (one pass per contender per round), the contenders take turns on every single call (order rotated per
 call), so a neighbour's burst of load hits all of them alike; the figure to read is the median over calls
 of the paired ratio ``time(first export) / time(contender)`` (> 1: the contender is faster), next to each
@@ -38,7 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--export", action="append", type=Path, required=True,
                    help="an export directory (repeat; the first is the baseline of every ratio)")
     p.add_argument("--name", action="append", default=None, help="a name per --export (default export-0, export-1 ...)")
-    p.add_argument("--levers", default="", help="comma list of bench/levers.py names, on the first export")
+    p.add_argument("--levers", default="", help="comma list of bench/levers.py names, on the first export "
+                   "(or --lever-export); NAME@DIR runs that lever on the export DIR")
+    p.add_argument("--lever-export", type=Path, default=None, help="the export the levers use (default: the first)")
     p.add_argument("--model", help="model folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--texts", type=int, default=200, help="texts per batch size and round")
@@ -61,10 +63,17 @@ def main(argv=None) -> int:
     names = args.name or [f"export-{i}" for i in range(len(args.export))]
     if len(names) != len(args.export):
         p.error("give one --name per --export")
-    levers = [x for x in args.levers.split(",") if x]
-    bad = [x for x in levers if x not in LEVERS]
+    lever_dirs = {}  # "name@DIR": that lever on another export
+    levers = []
+    for x in (x for x in args.levers.split(",") if x):
+        lever, _, where = x.partition("@")
+        name = f"{lever}@{Path(where).name}" if where else lever  # a worker name is also a file name
+        levers.append(name)
+        lever_dirs[name] = (lever, Path(where).resolve() if where else None)
+    bad = [x for x in levers if lever_dirs[x][0] not in LEVERS]
     if bad:
         p.error(f"unknown lever(s) {bad}; known: {', '.join(LEVERS)}")
+    lever_export = (args.lever_export or args.export[0]).resolve()
     texts = make_corpus(args.texts, seed=1)
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
               "command": "bench/paired.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -91,12 +100,14 @@ def main(argv=None) -> int:
                          "spec": {"lever": "export", "root": str(ROOT), "export_dir": str(export.resolve()),
                                   "model_dir": str(model_dir)}})
             result["contenders"][name] = {"export": str(export)}
-        for lever in levers:
+        for name in levers:
+            lever, where = lever_dirs[name]
+            where = where or lever_export
             extra = {"inter_op": LEVERS[lever][1]["inter_op"]} if "inter_op" in LEVERS[lever][1] else {}
-            defs.append({"name": lever, "kind": "lever", "python": sys.executable, "env": worker_env(lever, {}),
-                         "spec": {"lever": lever, "root": str(ROOT), "export_dir": str(args.export[0].resolve()),
+            defs.append({"name": name, "kind": "lever", "python": sys.executable, "env": worker_env(lever, {}),
+                         "spec": {"lever": lever, "root": str(ROOT), "export_dir": str(where),
                                   "model_dir": str(model_dir), **extra}})
-            result["contenders"][lever] = {"lever": LEVERS[lever][0], "export": str(args.export[0])}
+            result["contenders"][name] = {"lever": LEVERS[lever][0], "export": str(where)}
         workers, errors = start_all(defs, threads=args.threads, logdir=work, timeout=900, echo=print)
         result["errors"] = errors
         try:

@@ -30,6 +30,7 @@ from packager.encoders.activations import (
     TORCH_ACTIVATIONS,
     torch_name_to_activation,
 )
+from packager.encoders.precision import bf16_supported
 from packager.encoders.weights import load_weights
 from packager.errors import ModelError, UnsupportedError
 
@@ -224,6 +225,32 @@ def test_encoder_matches_hf_when_batch_has_one_row(fixture, request):
     ids, mask = _batch_for(fixture, model_dir, [23], seed=9)
     ref = _reference(_torch_model(model_dir), ids, mask)
     assert _real_diff(_run(_encoder(model_dir), ids, mask), ref, mask) <= TOL
+
+
+@pytest.mark.parametrize("fixture", ALL)
+def test_encoder_matches_hf_when_the_one_row_carries_padding(fixture, request):
+    """A lone row with padding (a caller padding to a fixed length) must not take the dense
+    single-row path: it goes through the sorted path, and matches HF on its real tokens."""
+    model_dir = request.getfixturevalue(fixture)
+    ids, mask = _batch_for(fixture, model_dir, [23, 30], seed=9)
+    ids, mask = ids[:1], mask[:1]  # 23 real tokens padded to 30
+    ref = _reference(_torch_model(model_dir), ids, mask)
+    got = _run(_encoder(model_dir), ids, mask)
+    assert _real_diff(got, ref, mask) <= TOL
+    assert not got[~mask.astype(bool)].any()
+
+
+def test_single_row_with_token_types_matches_the_batched_path_when_a_pair_is_served(tiny_bert):
+    encoder = _encoder(tiny_bert)
+    ids, mask = _padded_batch(_hf_config(tiny_bert), [19], seed=4)
+    types = np.zeros_like(ids)
+    types[:, 9:] = 1
+    alone = encoder.with_token_types(tf.constant(ids), tf.constant(types), tf.constant(mask)).numpy()
+    two = encoder.with_token_types(tf.constant(np.repeat(ids, 2, 0)), tf.constant(np.repeat(types, 2, 0)),
+                                   tf.constant(np.repeat(mask, 2, 0))).numpy()
+    plain = encoder.forward(tf.constant(ids), tf.constant(mask), token_type_ids=tf.constant(types)).numpy()
+    assert np.abs(alone[0] - two[0]).max() <= TOL and np.abs(alone - plain).max() <= TOL
+    assert np.abs(alone - _run(encoder, ids, mask)).max() > 1e-4  # the types were used
 
 
 @pytest.mark.parametrize("fixture", ["tiny_xlmr", "tiny_modernbert", "tiny_qwen3"])
@@ -785,3 +812,54 @@ def test_supported_model_types_resolve_to_converters_when_listed():
     for model_type in SUPPORTED_MODEL_TYPES:
         arch = architecture(model_type)
         assert callable(arch.convert_config) and callable(arch.convert_weights)
+
+
+# --------------------------------------------------------------------------- precision
+def test_check_precision_refuses_bf16_naming_the_flags_when_cpu_lacks_bfloat16(tmp_path):
+    from packager.encoders.precision import bf16_supported, check_precision
+
+    plain, amx, arm = tmp_path / "plain", tmp_path / "amx", tmp_path / "arm"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert not bf16_supported(plain) and bf16_supported(amx) and not bf16_supported(arm)
+    assert not bf16_supported(tmp_path / "missing")
+    assert check_precision("fp32", plain) == "fp32"
+    assert check_precision("bf16", amx) == "bf16"
+    with pytest.raises(UnsupportedError, match="avx512_bf16 or amx_bf16"):
+        check_precision("bf16", plain)
+    with pytest.raises(UnsupportedError, match="unsupported precision 'fp16'. Supported: fp32, bf16"):
+        check_precision("fp16", amx)
+
+
+def test_build_encoder_refuses_bf16_before_building_when_cpu_lacks_bfloat16(tiny_bert, monkeypatch):
+    from packager.encoders import precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda cpuinfo="/proc/cpuinfo": False)
+    with pytest.raises(UnsupportedError, match="precision 'bf16' needs a CPU with native bfloat16"):
+        _encoder(tiny_bert, precision="bf16")
+    with pytest.raises(UnsupportedError, match="unsupported precision"):
+        _encoder(tiny_bert, precision="float32")
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="this CPU has no native bfloat16 matmuls")
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_mpnet", "tiny_modernbert", "tiny_qwen3"])
+def test_bf16_encoder_keeps_kernels_in_bfloat16_and_stays_close_to_fp32_when_cpu_has_bfloat16(fixture, request):
+    """bf16 is reduced precision (never parity): kernels stored as bfloat16, norms and embeddings in
+    float32, the output float32 and within bfloat16 rounding of the exact encoder."""
+    model_dir = request.getfixturevalue(fixture)
+    exact, half = _encoder(model_dir), _encoder(model_dir, precision="bf16")
+    assert exact.precision == "fp32" and half.precision == "bf16"
+    kernels = [v for v in half.variables if "kernel" in v.name]
+    assert kernels and all(v.dtype == tf.bfloat16 for v in kernels)
+    assert all(v.dtype == tf.float32 for v in half.variables if "norm" in v.name or "embeddings" in v.name)
+    ids, mask = _batch_for(fixture, model_dir, MIXED, seed=2)
+    a, b = _run(exact, ids, mask), _run(half, ids, mask)
+    assert b.dtype == np.float32
+    real = mask.astype(bool)
+    cos = (a * b).sum(-1)[real] / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))[real]
+    assert cos.min() > 0.999
+    assert 0 < np.abs(a - b)[real].max() < 0.1 * np.abs(a[real]).max()
+    assert not b[~real].any()
+    one = _run(half, ids[:1, : MIXED[0]], mask[:1, : MIXED[0]])  # the dense single-row path in bf16
+    assert np.abs(one[0] - b[0, : MIXED[0]]).max() < 0.1 * np.abs(a[real]).max()
