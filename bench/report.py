@@ -12,7 +12,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FP32_PEERS = ("onnx", "openvino", "fastembed")
 LABELS = {"graph": "exported graph", "st": "sentence-transformers (torch)", "onnx": "ONNX Runtime fp32",
           "openvino": "OpenVINO f32", "fastembed": "fastembed (ONNX Runtime)",
-          "openvino-default": "OpenVINO default precision", "onnx-int8": "ONNX Runtime int8 (dynamic)"}
+          "openvino-default": "OpenVINO default precision", "onnx-int8": "ONNX Runtime int8 (dynamic)",
+          "graph-bf16": "exported graph, precision bf16 (frozen-weights env)"}
 
 
 def newest() -> Path:

@@ -12,6 +12,8 @@ count, fed the same raw strings and returning normalized embeddings:
   onnx              ONNX Runtime fp32, Transformer + pooling + normalize in one ONNX graph, HF tokenizer outside
   openvino          OpenVINO through sentence-transformers (backend="openvino"), INFERENCE_PRECISION_HINT=f32
   fastembed         fastembed (ONNX Runtime) on a local model folder, offline
+  graph-bf16        the graph exported with build_encoder(precision="bf16"), served with
+                    TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (AMX kernels on cached weights)     [reduced precision]
   openvino-default  OpenVINO's own default precision (bf16 on CPUs with AVX512-BF16/AMX)  [reduced precision]
   onnx-int8         ONNX Runtime, dynamic int8 quantization (the avx512_vnni recipe)     [reduced precision]
 
@@ -66,6 +68,7 @@ CONTENDERS = {
     "onnx": ("ONNX Runtime fp32", False),
     "openvino": ("OpenVINO f32", False),
     "fastembed": ("fastembed (ONNX Runtime)", False),
+    "graph-bf16": ("exported graph, precision bf16 (frozen-weights env)", True),
     "openvino-default": ("OpenVINO default precision", True),
     "onnx-int8": ("ONNX Runtime int8 (dynamic)", True),
 }
@@ -164,13 +167,28 @@ def peer_python(name: str, args, echo=print) -> tuple[str | None, str | None]:
         return None, str(exc)
 
 
-def contender_defs(names: list[str], model_dir: Path, export_dir: Path, pf: dict | None, args) -> list[dict]:
+def export_bf16(model_dir: Path, out: Path, packager_root: Path) -> tuple[str | None, str | None]:
+    """The bf16 export of ``graph-bf16`` (child process), or why there is none (CPU without bf16, failure)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.levers", "export", str(out), "--precision", "bf16",
+                           "--model", str(model_dir)], cwd=ROOT, capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(packager_root), str(ROOT)])))
+    if proc.returncode:
+        return None, f"bf16 export failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
+    return str(out), None
+
+
+def contender_defs(names: list[str], model_dir: Path, export_dir: Path, pf: dict | None, args,
+                   bf16_dir: tuple[str | None, str | None] = (None, "not exported")) -> list[dict]:
     main_py = sys.executable
     defs = []
     for name in names:
         d = {"name": name}
         if name == "graph":
             d.update(kind="graph", python=main_py, spec={"root": str(args.packager_root), "export_dir": str(export_dir)})
+        elif name == "graph-bf16":
+            d.update(kind="graph", python=main_py if bf16_dir[0] else None, why=bf16_dir[1],
+                     spec={"root": str(args.packager_root), "export_dir": bf16_dir[0]},
+                     env={"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"})
         elif name == "st":
             d.update(kind="st", python=main_py, spec={"model_dir": str(model_dir)})
         elif name in ("onnx", "onnx-int8", "fastembed") and pf is None:
@@ -306,8 +324,11 @@ def bench_model(label: str, model_dir: Path, args, work: Path, big: bool, echo=p
     names = [c for c in args.contenders if c in CONTENDERS]
     if "st" not in names:
         names.insert(0, "st")  # the reference
+    bf16_dir = (None, "not asked for")
+    if "graph-bf16" in names:
+        bf16_dir = export_bf16(model_dir, mdir / "export-bf16", args.packager_root)
     echo(f"   starting {len(names)} workers ({args.threads} threads each)")
-    workers, errors = start_all(contender_defs(names, model_dir, export_dir, pf, args), threads=args.threads,
+    workers, errors = start_all(contender_defs(names, model_dir, export_dir, pf, args, bf16_dir), threads=args.threads,
                                 logdir=mdir, timeout=args.load_timeout, echo=echo)
     result["errors"].update(errors)
     result["contenders"] = {n: {"label": CONTENDERS[n][0], "reduced_precision": CONTENDERS[n][1],

