@@ -10,6 +10,10 @@ Prints one JSON object per tokenizer and writes them to ``bench/results/bpe_toke
 * export: seconds to build the tokenizer module from the HF tokenizer (probes cached on disk, as
   on a second export) and to save it alone as a SavedModel;
 * size: that SavedModel's bytes vs the tokenizer.json's.
+
+``bench/tokenizer_speed.py`` measures every family (WordPiece, BPE, SentencePiece) the same way on
+``bench/corpus.py`` (batch-by-batch interleaving, cold first pass, parity check); this script stays
+for the BPE files on the mixed text.
 """
 from __future__ import annotations
 

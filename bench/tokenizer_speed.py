@@ -8,8 +8,8 @@ Prints one JSON object per tokenizer and writes them to ``bench/results/tokenize
 * graph: the tokenizer module's ``tokenize`` in a ``tf.function`` with a ``[None]`` string
   signature (what the export's ``tokenize`` signature runs), warm; HF: ``tokenizer(texts,
   padding=True, truncation=True, max_length=L, return_tensors="np")`` as sentence-transformers
-  calls it. Both on the same batches, rounds interleaved (graph, HF, graph, HF ...), median
-  sentences/s of each. Both use every core (TF's intra-op pool, the tokenizers crate's rayon pool).
+  calls it. Both on the same batches, interleaved batch by batch (graph, HF, graph, HF ...),
+  median over rounds of each side's sentences/s. Both use every core (TF's intra-op pool, the tokenizers crate's rayon pool).
 * export: seconds to build the module from the HF tokenizer (probes cached, as on a second
   export) and save it alone; its SavedModel bytes vs the tokenizer.json's.
 * parity: the graph's ids equal HF's on every benchmark sentence (``ids_equal``).
@@ -198,13 +198,17 @@ def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int | None
         cold["hf"] += time.perf_counter() - t
         same = same and np.array_equal(g_ids, r["input_ids"]) and np.array_equal(
             g["attention_mask"].numpy(), r["attention_mask"])
+    # interleaved per batch (graph b, HF b, graph b+1, ...): on a shared machine both see the same load
     times: dict[str, list[float]] = {"graph": [], "hf": []}
     for _ in range(rounds):
-        for label, call in (("graph", lambda b: graph_call(b)["input_ids"].numpy()), ("hf", hf_call)):
-            t = time.perf_counter()
-            for b in batches:
+        spent = {"graph": 0.0, "hf": 0.0}
+        for b in batches:
+            for label, call in (("graph", lambda b: graph_call(b)["input_ids"].numpy()), ("hf", hf_call)):
+                t = time.perf_counter()
                 call(b)
-            times[label].append(time.perf_counter() - t)
+                spent[label] += time.perf_counter() - t
+        for label in spent:
+            times[label].append(spent[label])
     graph = len(texts) / statistics.median(times["graph"])
     ref = len(texts) / statistics.median(times["hf"])
     tj = tj_path.stat().st_size

@@ -14,15 +14,21 @@ from test_java_client import run_java
 
 pytestmark = pytest.mark.server
 
+TRUNCATE_DIM = 12
 MODELS = {"rerank": "tiny_cross_encoder", "rerank-xlmr": "tiny_cross_encoder_xlmr", "prompted": "tiny_prompted_excluded",
           "qwen3": "tiny_qwen3_bpe"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, exports):
+def server(tmp_path_factory, exports, tiny_bert):
+    from packager.graph import export
+
     repo = tmp_path_factory.mktemp("serve-tasks") / "model_repository"
     for name, fixture in MODELS.items():
         build_from_export(exports(fixture), target="triton", output=repo, name=name)
+    matryoshka = tmp_path_factory.mktemp("matryoshka") / "export"
+    export(tiny_bert, matryoshka, truncate_dim=TRUNCATE_DIM)
+    build_from_export(matryoshka, target="triton", output=repo, name="matryoshka")
     with TritonServer(repo, ready_timeout=300) as srv:
         yield srv
 
@@ -39,6 +45,19 @@ def test_served_reranker_equals_cross_encoder_predict_when_pairs_truncate(reques
     report = v.check(pairs, v.reference_model(request.getfixturevalue(MODELS[name])),
                      reranker(url, name, protocol=protocol))
     assert report.ok and report.max_abs_diff <= 1e-5, report.render()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_truncate_dim_equals_sentence_transformers_truncate_dim_when_built_with_it(tiny_bert, server, corpus,
+                                                                                         protocol):
+    import tritonclient.http as httpclient
+
+    url = server.http_url if protocol == "http" else server.grpc_url
+    report = v.check(corpus, v.reference_model(tiny_bert, truncate_dim=TRUNCATE_DIM),
+                     embedder(url, "matryoshka", protocol=protocol))
+    assert report.ok and report.max_abs_diff <= 1e-5, report.render()
+    meta = httpclient.InferenceServerClient(server.http_url.removeprefix("http://")).get_model_metadata("matryoshka")
+    assert meta["outputs"][0]["shape"] == [-1, TRUNCATE_DIM]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
