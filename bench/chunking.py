@@ -10,10 +10,7 @@ tokens. Writes ``bench/results/<date>-<machine>-chunking.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,6 +19,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import header, write_result  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
@@ -55,8 +54,7 @@ def main(argv=None) -> int:
     for b in (int(x) for x in args.budgets.split(",")):
         variants[f"sorted-{b}"] = tf.function(lambda i, m, b=b: encoder.forward_sorted(i, m, chunk_tokens=b),
                                               input_signature=INPUT_SIGNATURE)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
-              "texts": len(texts), "sentences_per_s": {}}
+    result = header("chunking.py", argv, texts=len(texts), sentences_per_s={})
     for batch in (int(x) for x in args.batches.split(",")):
         feeds = []
         for i in range(0, len(texts), batch):
@@ -79,11 +77,7 @@ def main(argv=None) -> int:
             row[name] = len(texts) / float(np.median(times[name]))
         result["sentences_per_s"][str(batch)] = row
         print(f"batch {batch:>4}: " + "  ".join(f"{k} {v:7.1f}/s" for k, v in row.items()), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-chunking.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.out, "chunking")
     return 0
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import log_tail
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "bench" / "worker.py"
 
@@ -111,10 +113,7 @@ class Worker:
             raise WorkerError(f"{self.name}: not a protocol line: {line[:200]!r}") from exc
 
     def log_tail(self, n: int = 2500) -> str:
-        try:
-            return self.log.read_bytes()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_tail(self.log, n)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

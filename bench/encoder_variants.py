@@ -34,10 +34,8 @@ Writes ``bench/results/<date>-<machine>-encoder-variants.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -280,6 +278,8 @@ def ops_child(saved: str, ids_path: str, threads: int, reps: int) -> dict:
 
     import tensorflow as tf
 
+    from bench.common import step_op_times
+
     tf.compat.v1.disable_eager_execution()
     cfg = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
     sess = tf.compat.v1.Session(config=cfg)
@@ -297,15 +297,10 @@ def ops_child(saved: str, ids_path: str, threads: int, reps: int) -> dict:
     for f in feed[:reps]:
         md = tf.compat.v1.RunMetadata()
         sess.run(o, f, options=opts, run_metadata=md)
-        ns = [n for d in md.step_stats.dev_stats for n in d.node_stats]
-        nodes.append(len(ns))
-        total = 0
-        for n in ns:
-            op = n.timeline_label.split("=", 1)[1].split("(")[0].strip() if "=" in n.timeline_label else n.node_name
-            us = n.op_end_rel_micros - n.op_start_rel_micros
-            by_op[op] += us
-            count[op] += 1
-            total += us
+        step_ops, step_count, n_nodes, total = step_op_times(md)
+        by_op.update(step_ops)
+        count.update(step_count)
+        nodes.append(n_nodes)
         sums.append(total)
     k = max(len(nodes), 1)
     return {"nodes_per_call": float(np.mean(nodes)), "sum_op_ms": float(np.mean(sums) / 1e3),
@@ -327,6 +322,7 @@ def main(argv=None) -> int:
     sys.path.insert(1, str(ROOT))
     import tensorflow as tf
 
+    from bench.common import header, write_result
     from bench.corpus import make_corpus
     from bench.run import set_threads
 
@@ -347,10 +343,8 @@ def main(argv=None) -> int:
     for n in names[1:]:
         fns[n] = tf.function(Variant(enc, set(n.split("+"))).__call__, input_signature=INPUT_SIGNATURE)
     texts = make_corpus(args.texts, seed=1)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
-              "command": "bench/encoder_variants.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "threads": args.threads, "tensorflow": tf.__version__, "load_average_at_start": os.getloadavg(),
-              "texts": len(texts), "rounds": args.rounds, "by_batch": {}}
+    result = header("encoder_variants.py", argv, threads=args.threads, tensorflow=tf.__version__, texts=len(texts),
+                    rounds=args.rounds, by_batch={})
     first = True  # ops are counted on the first call (the trace); one trace serves every batch size
     for batch in (int(b) for b in args.batches.split(",")):
         feeds = []
@@ -397,12 +391,7 @@ def main(argv=None) -> int:
                     continue
                 print(f"   {n:<32} {r['nodes_per_call']:.0f} ops executed, sum of op times {r['sum_op_ms']:.2f} ms: "
                       + ", ".join(f"{op} {ms:.2f}ms/{c:.0f}" for op, ms, c in r["top_ops"][:9]))
-    result["load_average_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-encoder-variants.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.out, "encoder-variants")
     return 0
 
 

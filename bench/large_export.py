@@ -35,11 +35,10 @@ QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
 
 def write_model(root: Path, layers: int, real_tokenizer: bool) -> tuple[Path, int]:
     """The sentence-transformers folder; returns it and the number of parameters."""
+    import tiny_models
     import torch
     import transformers as tr
     from safetensors.torch import save_file
-
-    import tiny_models
 
     root.mkdir(parents=True, exist_ok=True)
     if real_tokenizer:

@@ -17,10 +17,8 @@ cosine). Writes ``bench/results/<date>-<machine>-paired.json`` (``--tag`` adds t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import header, st_reference, write_result  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -75,25 +75,13 @@ def main(argv=None) -> int:
         p.error(f"unknown lever(s) {bad}; known: {', '.join(LEVERS)}")
     lever_export = (args.lever_export or args.export[0]).resolve()
     texts = make_corpus(args.texts, seed=1)
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": socket.gethostname(),
-              "command": "bench/paired.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "threads": args.threads, "load_average_at_start": os.getloadavg(), "texts": len(texts),
-              "rounds": args.rounds, "contenders": {}, "by_batch": {}}
+    result = header("paired.py", argv, threads=args.threads, texts=len(texts), rounds=args.rounds, contenders={},
+                    by_batch={})
     with tempfile.TemporaryDirectory(prefix="packager-paired-") as tmp:
         work = Path(tmp)
         tpath = work / "texts.json"
         tpath.write_text(json.dumps(texts))
-        st, errs = start_all([{"name": "st", "kind": "st", "python": sys.executable,
-                               "spec": {"model_dir": str(model_dir)}}], threads=args.threads, logdir=work,
-                             timeout=600, echo=print)
-        if errs:
-            raise SystemExit(f"sentence-transformers failed to load: {errs}")
-        try:
-            st["st"].call(60, op="texts", name="t", path=str(tpath))
-            st["st"].call(1800, op="time", name="t", batch=32, n=len(texts), out=str(work / "st.npy"))
-        finally:
-            close_all(st)
-        ref = np.load(work / "st.npy")
+        ref = st_reference(model_dir, tpath, threads=args.threads, workdir=work, out=work / "st.npy")
         defs = []
         for name, export in zip(names, args.export):
             defs.append({"name": name, "kind": "lever", "python": sys.executable, "env": worker_env("export", {}),
@@ -149,13 +137,7 @@ def main(argv=None) -> int:
                           f"[{r['speedup_q25']:.2f}-{r['speedup_q75']:.2f}]  maxabs {r['max_abs_diff']:.1e}", flush=True)
         finally:
             close_all(workers)
-    result["load_average_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-paired{tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(result, args.out, "paired", args.tag)
     return 0
 
 

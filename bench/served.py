@@ -51,6 +51,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import log_tail, run_threads, write_result  # noqa: E402
 
 CONCURRENCY = (1, 4, 16)
 PROTOCOLS = ("http", "grpc")
@@ -96,14 +97,7 @@ def _load(embed, texts: list[str], concurrency: int, request_batch: int) -> dict
                 continue
             lat[i].append(time.perf_counter() - s)
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed = run_threads(client, concurrency, start)
     flat = [x for per in lat for x in per]
     return {
         "sentences_per_s": (len(texts) - len(errors) * request_batch) / elapsed,
@@ -274,10 +268,7 @@ class InfinityServer:
         raise RuntimeError(f"infinity not ready within {self.ready_timeout:.0f} s; log tail:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_file.read_bytes()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return log_tail(self.log_file, n)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -321,14 +312,7 @@ def _plain_load(request, port: int, texts: list[str], concurrency: int, timeout:
             lat[i].append(time.perf_counter() - s)
         c.close()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join(timeout * max(1, len(texts)))
-    elapsed = time.perf_counter() - t0
+    elapsed = run_threads(client, concurrency, start, timeout * max(1, len(texts)))
     flat = [x for per in lat for x in per]
     return {"sentences_per_s": len(flat) / elapsed, "seconds": elapsed, "requests": len(flat), "errors": len(errors),
             "first_error": errors[0] if errors else None, "lat_ms": [x * 1e3 for x in flat]}
@@ -562,13 +546,8 @@ def main_configs(argv=None) -> int:
         result = bench_triton_configs(args.export_dir, [parse_config(c) for c in args.configs.split(",")], texts,
                                       np.load(work / "ref.npy"), workdir=work,
                                       concurrency=[int(c) for c in args.concurrency.split(",")], rounds=args.rounds)
-    result = {**started, **result, "load_average_at_end": os.getloadavg()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = f"-{args.tag}" if args.tag else ""
-    path = out / f"{dt.date.today().isoformat()}-{socket.gethostname()}-triton-configs{tag}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    result = {**started, **result}
+    write_result(result, args.out, "triton-configs", args.tag)
     return 0
 
 

@@ -84,25 +84,25 @@ def _copy_existing(src: Path, dst: Path, skip: set[PurePosixPath]) -> None:
         rel_root = PurePosixPath(Path(root).relative_to(src).as_posix())
         keep_dirs = []
         for d in dirs:
-            rel = rel_root / d if str(rel_root) != "." else PurePosixPath(d)
-            if rel in skip:
-                continue
-            full = Path(root) / d
-            if full.is_symlink():
-                os.symlink(os.readlink(full), dst / rel)
-                continue
-            (dst / rel).mkdir(exist_ok=True)
-            keep_dirs.append(d)
+            if (rel := _carried(Path(root), rel_root, d, dst, skip)) is not None:
+                (dst / rel).mkdir(exist_ok=True)
+                keep_dirs.append(d)
         dirs[:] = keep_dirs
         for name in files:
-            rel = rel_root / name if str(rel_root) != "." else PurePosixPath(name)
-            if rel in skip:
-                continue
-            full = Path(root) / name
-            if full.is_symlink():
-                os.symlink(os.readlink(full), dst / rel)
-            else:
-                _link_or_copy(str(full), str(dst / rel))
+            if (rel := _carried(Path(root), rel_root, name, dst, skip)) is not None:
+                _link_or_copy(os.path.join(root, name), str(dst / rel))
+
+
+def _carried(root: Path, rel_root: PurePosixPath, name: str, dst: Path, skip: set[PurePosixPath]) -> PurePosixPath | None:
+    """The relative path of an entry of the old tree to carry over; None when it is skipped, or a
+    symlink (re-created as such in ``dst``)."""
+    rel = rel_root / name if str(rel_root) != "." else PurePosixPath(name)
+    if rel in skip:
+        return None
+    if (root / name).is_symlink():
+        os.symlink(os.readlink(root / name), dst / rel)
+        return None
+    return rel
 
 
 def _exchange(a: Path, b: Path) -> bool:

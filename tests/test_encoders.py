@@ -19,6 +19,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
+import tiny_models
+
 from packager.encoders import (
     SUPPORTED_MODEL_TYPES,
     architecture,
@@ -708,78 +710,6 @@ def test_encoder_gives_same_output_when_saved_and_reloaded_as_saved_model(fixtur
 
 
 # --------------------------------------------------------------------------- sentence-transformers
-def _bpe_tokenizer(path: Path, padding_side: str, post: str):
-    """A byte-level BPE tokenizer trained on the shipped corpus, saved as a fast HF tokenizer.
-
-    ``post``: ``"eos"`` appends ``<|endoftext|>`` (as Qwen3-Embedding's tokenizer does), ``"roberta"``
-    wraps in ``<s> ... </s>``.
-    """
-    import tiny_models
-    import transformers as tr
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-
-    specials = ["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(tiny_models.training_text(400), trainer)
-    if post == "eos":
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A <|endoftext|>", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
-        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                          padding_side=padding_side)
-    else:
-        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")))
-        fast = tr.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                          unk_token="<unk>", padding_side=padding_side)
-    fast.save_pretrained(str(path))
-    return fast
-
-
-def _st_model(root: Path, arch: str) -> Path:
-    """A tiny sentence-transformers model: Qwen3 + lasttoken + Normalize (left padding), or
-    ModernBERT + mean + Normalize, or RoBERTa + cls (right padding)."""
-    import transformers as tr
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import (
-        Normalize,
-        Pooling,
-        Transformer,
-    )
-
-    hf_dir = root / "hf"
-    tok = _bpe_tokenizer(hf_dir, "left" if arch == "qwen3" else "right", "eos" if arch == "qwen3" else "roberta")
-    V = len(tok)
-    if arch == "qwen3":
-        model, pooling = tr.Qwen3Model(_qwen3_config(vocab_size=V, pad_token_id=tok.pad_token_id)), "lasttoken"
-    elif arch == "modernbert":
-        cfg = tr.ModernBertConfig(vocab_size=V, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
-                                  num_attention_heads=4, global_attn_every_n_layers=2, local_attention=8,
-                                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, cls_token_id=tok.bos_token_id,
-                                  sep_token_id=tok.eos_token_id)
-        model, pooling = tr.ModernBertModel(cfg), "mean"
-    else:
-        cfg = tr.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=37, max_position_embeddings=80, pad_token_id=tok.pad_token_id,
-                               type_vocab_size=1)
-        model, pooling = tr.RobertaModel(cfg, add_pooling_layer=False), "cls"
-    _randomize(model, seed=11).save_pretrained(str(hf_dir))
-    transformer = Transformer(str(hf_dir), max_seq_length=48)
-    modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=pooling), Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(root / "st"))
-    return root / "st"
-
-
 @pytest.mark.parametrize("arch", ["qwen3", "modernbert", "roberta"])
 def test_encoder_and_heads_match_sentence_transformers_encode_when_fed_hf_token_ids(arch, tmp_path, corpus):
     """HF-tokenized ids (left-padded for Qwen3, whose tokenizer appends EOS) through this encoder and
@@ -789,7 +719,7 @@ def test_encoder_and_heads_match_sentence_transformers_encode_when_fed_hf_token_
 
     from packager.source import load_spec
 
-    st_dir = _st_model(tmp_path, arch)
+    st_dir = tiny_models.make_bpe_st(tmp_path, arch)
     sentences = [s for s in corpus if s.strip()][:40] + ["a", "hello world " * 30]
     expected = SentenceTransformer(str(st_dir), device="cpu").encode(sentences, batch_size=64, convert_to_numpy=True)
     tok = AutoTokenizer.from_pretrained(str(st_dir))
