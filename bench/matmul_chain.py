@@ -63,7 +63,6 @@ def tf_chain(ws, const: bool, threads: int):
 
 
 def ort_chain(ws, threads: int):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
