@@ -293,17 +293,12 @@ def _session(d: dict):
 
 
 # ----------------------------------------------------------------------------- exports with encoder options
-def export_with(out_dir: str, model=None, **encoder_options) -> None:
-    """Export ``model`` (default: the embedded one) with ``build_encoder`` keyword options the CLI does not
-    expose yet (``precision="bf16"``): ``packager.encoders.build_encoder`` is wrapped for this process, the
-    rest is ``packager.graph.export`` as shipped. Bench code: ``packager export --precision`` replaces it."""
-    import functools
-
-    from packager import encoders
+def export_with(out_dir: str, model=None, precision: str = "fp32") -> None:
+    """Export ``model`` (default: the embedded one) at ``precision``: ``packager export --precision`` as a
+    function, for the drivers that run it in a child process (``bench/run.py``'s ``graph-bf16``)."""
     from packager.graph import export
 
-    encoders.build_encoder = functools.partial(encoders.build_encoder, **encoder_options)
-    export(model, out_dir, force=True)
+    export(model, out_dir, force=True, precision=precision)
 
 
 if __name__ == "__main__":  # python -m bench.levers export OUT_DIR [--precision bf16] [--model DIR]

@@ -30,9 +30,10 @@ MODEL_HELP = "model folder, model name in the local HF cache, or omit for the em
 def cmd_export(args) -> int:
     from .graph import export
 
-    m = export(args.model, args.output, force=args.force, truncate_dim=args.truncate_dim)
+    m = export(args.model, args.output, force=args.force, truncate_dim=args.truncate_dim, precision=args.precision)
+    reduced = " (reduced precision)" if m.precision != "fp32" else ""
     print(f"exported {m.source} -> {args.output}  (dim {m.output_dim}, max_seq_length {m.max_seq_length}, "
-          f"op libraries: {', '.join(m.op_libraries) or 'none'})")
+          f"precision {m.precision}{reduced}, op libraries: {', '.join(m.op_libraries) or 'none'})")
     return 0
 
 
@@ -62,24 +63,35 @@ def _live_or_export(args, rerank: bool = False):
     return embed, (None if prompt is not None else tokenize)
 
 
+def _verified_precision(args, manifest) -> str:
+    """The precision whose thresholds verify applies: ``--precision``, else the export's manifest (with
+    ``--url``, ``--export`` names the export the server serves), else fp32."""
+    if manifest is not None and args.precision and args.precision != manifest.precision:
+        raise PackagerError(f"--precision {args.precision} contradicts {args.export}: its manifest says "
+                            f"{manifest.precision}")
+    return args.precision or (manifest.precision if manifest is not None else "fp32")
+
+
 def cmd_verify(args) -> int:
     from . import verify as v
     from .source import resolve_model
 
     texts = v.load_corpus(args.corpus)
-    truncate_dim = args.truncate_dim
-    if truncate_dim is None and args.export:
+    manifest = None
+    if args.export:
         from .manifest import read as read_manifest
 
-        truncate_dim = read_manifest(args.export).truncate_dim
+        manifest = read_manifest(args.export)
+    truncate_dim = args.truncate_dim if args.truncate_dim is not None else (manifest.truncate_dim if manifest else None)
+    precision = _verified_precision(args, manifest)
     model_dir = resolve_model(args.model)[0]
     rerank = v.is_reranker_folder(model_dir)
     embed, tokenize = _live_or_export(args, rerank=rerank)  # a bad URL or name fails before the reference loads
     reference = v.reference_model(model_dir, truncate_dim=truncate_dim)
     if rerank:
         texts = v.rerank_pairs(texts)
-    report = v.check(texts, reference, embed, tokenize, min_id_match=args.min_id_match, max_abs_diff=args.max_abs_diff,
-                     prompt_name=args.prompt)
+    report = v.check(texts, reference, embed, tokenize, precision=precision, min_id_match=args.min_id_match,
+                     max_abs_diff=args.max_abs_diff, min_cosine=args.min_cosine, prompt_name=args.prompt)
     print(report.render())
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
@@ -148,13 +160,16 @@ def cmd_build(args) -> int:
         raise PackagerError("--k8s sets fields of the Kubernetes bundle: give --kubernetes DIR too")
     options = make_options(args.target, **target_options(args, args.target))
     path = build(args.model, target=args.target, output=args.output, name=args.name, version=args.version or 1,
-                 force=args.force, options=options, export_options={"truncate_dim": args.truncate_dim})
+                 force=args.force, options=options,
+                 export_options={"truncate_dim": args.truncate_dim, "precision": args.precision})
     print(f"wrote {args.target} layout to {path}")
     if not args.no_compose:
-        stack = write_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir)
+        stack = write_stack(args.target, path.parent, path.name, options, compose_dir=args.compose_dir,
+                            precision=args.precision)
         print(f"wrote compose stack to {stack}  (docker-compose -f {stack}/docker-compose.yml up -d)")
     if args.kubernetes:
-        bundle = write_kubernetes(path.name, options, out_dir=args.kubernetes, version=args.version or 1, settings=k8s)
+        bundle = write_kubernetes(path.name, options, out_dir=args.kubernetes, version=args.version or 1,
+                                  settings={**k8s, "precision": args.precision})
         print(f"wrote Kubernetes bundle to {bundle}  (kubectl apply -k {bundle}/overlays/cpu; see docs/kubernetes.md)")
     return 0
 
@@ -243,12 +258,28 @@ def target_options(args: argparse.Namespace, target: str) -> dict:
 
 
 def _add_parity_thresholds(p: argparse.ArgumentParser) -> None:
-    from .verify import DEFAULT_ID_MATCH, DEFAULT_MAX_ABS_DIFF
+    from .verify import THRESHOLDS
 
+    fp32, bf16 = THRESHOLDS["fp32"], THRESHOLDS["bf16"]
     p.add_argument("--corpus", help="corpus file: .jsonl (one JSON string per line) or plain lines; default: the shipped tricky corpus")
-    p.add_argument("--min-id-match", type=float, default=DEFAULT_ID_MATCH, help="required share of identical token-id rows (default %(default)s)")
-    p.add_argument("--max-abs-diff", type=float, default=DEFAULT_MAX_ABS_DIFF, help="allowed max abs embedding difference (default %(default)s)")
+    _add_precision(p, "the export's precision, which picks the thresholds (default: the --export's manifest; "
+                      "with --url give --precision, or --export DIR of the export the server serves; else fp32)",
+                   default=None)
+    p.add_argument("--min-id-match", type=float, help=f"required share of identical token-id rows (default {fp32.min_id_match})")
+    p.add_argument("--max-abs-diff", type=float, help=f"allowed max abs embedding difference (default {fp32.max_abs_diff:g}; "
+                                                      f"bf16 exports {bf16.max_abs_diff:g})")
+    p.add_argument("--min-cosine", type=float, help=f"required min cosine per sentence (default: not checked; bf16 exports "
+                                                    f"{bf16.min_cosine:g})")
     p.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+
+
+def _add_precision(p: argparse.ArgumentParser, help_text: str | None = None, default: str | None = "fp32") -> None:
+    from .encoders.precision import PRECISIONS
+
+    p.add_argument("--precision", choices=list(PRECISIONS), default=default,
+                   help=help_text or "the encoder's precision: fp32 (default, exact) or bf16 (reduced precision: "
+                                     "projections in bfloat16, needs a CPU with avx512_bf16 or amx_bf16; its servers "
+                                     "get TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1; docs/performance.md)")
 
 
 def _add_truncate_dim(p: argparse.ArgumentParser, help_text: str | None = None) -> None:
@@ -276,6 +307,7 @@ def make_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="SavedModel folder to write (atomically)")
     e.add_argument("--force", action="store_true", help="replace an existing export")
     _add_truncate_dim(e)
+    _add_precision(e)
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("verify", help="parity report: token ids and embeddings against sentence-transformers")
@@ -311,6 +343,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--version", type=int, help="version folder to write (default 1; other versions are kept)")
     b.add_argument("--force", action="store_true", help="replace an existing model version")
     _add_truncate_dim(b)
+    _add_precision(b)
     b.add_argument("--compose-dir", default="compose", help="where the docker-compose stack goes (default %(default)s/<stack>/)")
     b.add_argument("--no-compose", action="store_true", help="do not write a docker-compose stack")
     b.add_argument("--kubernetes", metavar="DIR", help="triton: also write a Kubernetes bundle (kustomize base, cpu and "

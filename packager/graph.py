@@ -61,16 +61,16 @@ def check_truncate_dim(spec: PipelineSpec, truncate_dim: int | None) -> int | No
     return int(truncate_dim)
 
 
-def build_module(spec: PipelineSpec, *, truncate_dim: int | None = None):
+def build_module(spec: PipelineSpec, *, truncate_dim: int | None = None, precision: str = "fp32"):
     """Build the serving ``tf.Module`` for a spec (weights loaded, nothing written).
 
     Its ``signatures()`` are what :func:`save` writes: ``serving_default`` and ``tokenize``, plus
-    ``with_prompt`` when the model defines prompts.
+    ``with_prompt`` when the model defines prompts. ``precision``: the encoder's (see :func:`export`).
     """
     import tensorflow as tf
 
     truncate_dim = check_truncate_dim(spec, truncate_dim)
-    transformer = spec.transformer.build(spec.model_dir)
+    transformer = spec.transformer.build(spec.model_dir, precision=precision)
     heads = [m.build(spec.model_dir) for m in spec.heads]
     prompts = prompt_table(spec, spec.transformer.load_hf_tokenizer(spec.model_dir))
     rerank = spec.task == "rerank"
@@ -183,6 +183,7 @@ def build_module(spec: PipelineSpec, *, truncate_dim: int | None = None):
 
     graph = ServingGraph()
     graph.task, graph.prompts, graph.truncate_dim, graph.first_key = spec.task, prompts, truncate_dim, first_key
+    graph.precision = transformer.encoder.precision
     return graph
 
 
@@ -212,6 +213,7 @@ def manifest_for(spec: PipelineSpec, saved_model_dir: Path, graph) -> Manifest:
         default_prompt_name=spec.default_prompt_name,
         truncate_dim=graph.truncate_dim,
         activation=spec.activation if rerank else None,
+        precision=graph.precision,
         tensorflow=tf.__version__,
         tensorflow_text=tensorflow_text.__version__,
         op_libraries=tuple(ops["op_libraries"]),
@@ -228,7 +230,7 @@ def save(module, path: Path) -> None:
 
 
 def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: bool = False,
-           spec: PipelineSpec | None = None, truncate_dim: int | None = None) -> Manifest:
+           spec: PipelineSpec | None = None, truncate_dim: int | None = None, precision: str = "fp32") -> Manifest:
     """Export a sentence-transformers model as one SavedModel with the tokenizer inside.
 
     Args:
@@ -237,14 +239,24 @@ def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: b
         force: replace an existing export.
         spec: an already-read spec (skips reading ``model``).
         truncate_dim: keep the first N dimensions (Matryoshka), as ``SentenceTransformer(truncate_dim=N)``.
+        precision: ``"fp32"`` (the default: exact, within 1e-5 of sentence-transformers) or ``"bf16"``
+            (opt-in reduced precision: the encoder's projection kernels stored and multiplied in
+            bfloat16, :mod:`packager.encoders.precision`; recorded in the manifest, verified against
+            the reduced-precision thresholds of :mod:`packager.verify`, served with
+            :func:`~packager.encoders.precision.serving_environment`).
 
     Returns:
         The manifest written to ``<out_dir>/packager.json``.
 
     Raises:
         ModelError: unsupported or broken model (nothing is written).
+        UnsupportedError: an unknown precision, or ``"bf16"`` on a CPU without native bfloat16 matmuls
+            (checked before the model is read; nothing is written).
         OutputExistsError: ``out_dir`` exists and ``force`` is not set.
     """
+    from .encoders.precision import check_precision
+
+    check_precision(precision)
     out = Path(out_dir)
     spec = spec or load_spec(model)
     if out.exists() and not force:
@@ -252,7 +264,7 @@ def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: b
     check_truncate_dim(spec, truncate_dim)
     with steps(f"export {spec.source}") as step:
         with step("load weights and derive the in-graph tokenizer"):
-            module = build_module(spec, truncate_dim=truncate_dim)
+            module = build_module(spec, truncate_dim=truncate_dim, precision=precision)
         with staged_tree(out, force=force, keep_existing=False) as tmp:
             with step("trace and save the SavedModel"):
                 save(module, tmp)

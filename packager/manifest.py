@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import INPUT_KEY, OUTPUT_KEY
+from .encoders.precision import PRECISIONS
 from .errors import TargetError
 
 FILENAME = "packager.json"
@@ -60,6 +61,8 @@ class Manifest:
         default_prompt_name: the prompt applied when a request names none.
         truncate_dim: Matryoshka truncation applied by the graph, if any.
         activation: a reranker's activation on the logits (``"sigmoid"``, ``"identity"`` ...).
+        precision: the encoder's numeric precision: ``"fp32"`` (exact; what manifests written before
+            the field read as) or ``"bf16"`` (opt-in reduced precision, :mod:`packager.encoders.precision`).
         tensorflow, tensorflow_text: the versions the graph was written with.
         op_libraries: TF-Text op libraries the graph needs.
         custom_ops: ops outside core TensorFlow.
@@ -85,6 +88,7 @@ class Manifest:
     default_prompt_name: str | None = None
     truncate_dim: int | None = None
     activation: str | None = None
+    precision: str = "fp32"
     op_libraries: tuple[str, ...] = ()
     custom_ops: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
@@ -93,6 +97,8 @@ class Manifest:
     def __post_init__(self):
         if self.task not in TASKS:
             raise TargetError(f"manifest task must be one of {', '.join(TASKS)}, not {self.task!r}")
+        if self.precision not in PRECISIONS:
+            raise TargetError(f"manifest precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     @property
     def input_key(self) -> str:

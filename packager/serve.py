@@ -360,13 +360,15 @@ def check_parity(srv: "TritonServer", *, corpus=None, echo=print) -> bool:
     corpus_texts = v.load_corpus(corpus)
     ok = True
     for model in srv.models:
-        source = reference_source(srv.repo, model)
+        built = served_export(srv.repo, model)
+        source = built.get("source")
         model_dir = resolve_model(None if source == DEFAULT_MODEL_NAME else source)[0]
-        reference = v.reference_model(model_dir, truncate_dim=served_export(srv.repo, model).get("truncate_dim"))
+        reference = v.reference_model(model_dir, truncate_dim=built.get("truncate_dim"))
         make, texts = (reranker, v.rerank_pairs(corpus_texts)) if v.is_reranker(reference) else (embedder, corpus_texts)
         for proto, url, protocol in (("HTTP", srv.http_url, "http"), ("gRPC", srv.grpc_url, "grpc")):
-            # the clients split batches to max_batch_size
-            report = v.check(texts, reference, make(url, model, protocol=protocol), None)
+            # the clients split batches to max_batch_size; a bf16 export is held to the reduced-precision thresholds
+            report = v.check(texts, reference, make(url, model, protocol=protocol), None,
+                             precision=built.get("precision", "fp32"))
             echo(f"{model} over {proto} vs sentence-transformers ({source or 'default model'}):")
             echo(report.render())
             ok = ok and report.ok

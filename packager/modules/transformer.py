@@ -107,12 +107,13 @@ class Transformer(Module):
                 tok.backend_tokenizer.normalizer = Sequence(parts)
         return tok
 
-    def build(self, model_dir: Path):
+    def build(self, model_dir: Path, *, precision: str = "fp32"):
         """The tokenizer and the encoder (and, for a reranker, its classification head) as one module.
 
         Features in and out, as sentence-transformers names them: ``tokenize`` gives ``input_ids``,
         ``attention_mask`` (and ``token_type_ids`` for pairs); ``__call__`` adds ``token_embeddings``,
-        or ``scores`` (the logits) for a sequence-classification model.
+        or ``scores`` (the logits) for a sequence-classification model. ``precision``: the encoder's
+        (``"fp32"`` or ``"bf16"``, :func:`packager.encoders.build_encoder`); the head stays float32.
         """
         import tensorflow as tf
 
@@ -134,7 +135,8 @@ class Transformer(Module):
             check_pair_template(hf_tok, tokenizer.post.pair)
             head = build_head(convert_head(self.model_type, dict(self.hf_config), weights))
         # consume_weights: each checkpoint array is freed once its variables exist (peak memory ~1.8x weights).
-        encoder = build_encoder(self.model_type, dict(self.hf_config), weights, consume_weights=True)
+        encoder = build_encoder(self.model_type, dict(self.hf_config), weights, consume_weights=True,
+                                precision=precision)
         del weights
         # The model sees token types only where its tokenizer hands them over (BERT yes, XLM-R no).
         use_types = "token_type_ids" in (getattr(hf_tok, "model_input_names", None) or [])

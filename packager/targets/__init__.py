@@ -140,17 +140,24 @@ def build(
 
     Args:
         model: a model folder, a name in the local HF cache, or ``None`` for the embedded default.
-        export_options: keyword arguments of :func:`packager.graph.export` (e.g. ``truncate_dim``).
+        export_options: keyword arguments of :func:`packager.graph.export` (e.g. ``truncate_dim``,
+            ``precision``).
         target, output, name, version, force, options, **target_options: see :func:`build_from_export`.
 
     Returns:
         The model folder.
+
+    Raises:
+        UnsupportedError: an unknown ``precision``, or ``"bf16"`` on a CPU without bfloat16 matmuls
+            (before anything is written, the scratch folder included).
     """
+    from ..encoders.precision import check_precision
     from ..graph import export
 
     module = target_module(target)
     opts = make_options(target, options, **target_options)
     module.check(opts)  # a typo in a release or image must not cost an export
+    check_precision(dict(export_options or {}).get("precision", "fp32"))
     out = _output(target, output)
     # Export beside the output (same filesystem: the SavedModel's files are copied once, locally).
     with work_dir_beside(out) as tmp:

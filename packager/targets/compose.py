@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..encoders.precision import PRECISIONS, serving_environment
 from ..errors import TargetError
 from ..servers import default_image
 from ..templating import render_template
@@ -72,6 +73,8 @@ class StackOptions:
         mem_limit, cpus, pids_limit, shm_size: container limits (the Python backend talks to its stub
             over /dev/shm, so its size bounds the largest batch in flight).
         threads: TensorFlow intra-op threads (inter-op gets 1 when threads <= 2, else 2).
+        precision: the served export's precision (its manifest's ``precision``): a ``"bf16"`` export's
+            server gets :func:`packager.encoders.precision.serving_environment`'s variables too.
         user: ``uid:gid`` the server runs as (the official Triton images' non-root user is 1000).
         read_only_rootfs: mount the container's root filesystem read-only (a tmpfs serves /tmp).
         restart: the restart policy.
@@ -104,6 +107,7 @@ class StackOptions:
     pids_limit: int = 4096
     shm_size: str = "256m"
     threads: int = 2
+    precision: str = "fp32"
     user: str = "1000:1000"
     read_only_rootfs: bool = True
     restart: str = "unless-stopped"
@@ -143,6 +147,8 @@ class StackOptions:
                 problems.append(f"{name} must look like 4g, 512m or 1073741824, not {getattr(self, name)!r}")
         if not self.cpus > 0 or self.threads < 1 or self.pids_limit < 64:
             problems.append("cpus must be > 0, threads >= 1, pids_limit >= 64")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.gpu_count != "all" and not (isinstance(self.gpu_count, int) and self.gpu_count >= 1):
             problems.append(f"gpu_count must be 'all' or a number >= 1, not {self.gpu_count!r}")
         if not (self.repo_mount.startswith("/") and self.repo_mount.isprintable()):
@@ -260,6 +266,8 @@ def server_environment(o: StackOptions) -> dict[str, str]:
             "TF_CPP_MIN_LOG_LEVEL": "1"} if o.target == "triton" else {}),
         # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
         "TF_ENABLE_ONEDNN_OPTS": "1",
+        # bf16 exports only: oneDNN keeps its reordered bfloat16 weights (none for fp32).
+        **serving_environment(o.precision),
     }
 
 

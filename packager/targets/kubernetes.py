@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..encoders.precision import PRECISIONS
 from ..errors import TargetError
 from ..templating import render_template, yaml_plain_str
 from .compose import TRITON_PORTS, StackOptions, server_command, server_environment
@@ -105,6 +106,8 @@ class KubernetesOptions:
         target_queue_time_us: average queue time per request (microseconds) the queue-time variant aims for.
         cpu_request, cpu_limit, memory_request, memory_limit: the server's resources (quantities).
         threads: TensorFlow intra-op threads (as in the compose stack; inter-op gets 1 when <= 2, else 2).
+        precision: the served export's precision (``packager build`` sets it from the export): a
+            ``"bf16"`` export's pods get the compose stack's bf16 environment too.
         shm_size: ``sizeLimit`` of the memory-backed ``/dev/shm`` (the python backend's tensors cross it).
         tmp_size: ``sizeLimit`` of the ``/tmp`` emptyDir (with ``url``, Triton downloads the repository here).
         run_as_user, run_as_group, fs_group: the non-root ids (1000 is the Triton images' own user).
@@ -148,6 +151,7 @@ class KubernetesOptions:
     memory_request: str = "2Gi"
     memory_limit: str = "4Gi"
     threads: int = 2
+    precision: str = "fp32"
     shm_size: str = "256Mi"
     tmp_size: str = "1Gi"
     run_as_user: int = 1000
@@ -216,6 +220,7 @@ class KubernetesOptions:
         check(1 <= self.target_cpu_utilization <= 100, "target_cpu_utilization must be 1..100 (percent)")
         check(self.target_queue_time_us >= 1, "target_queue_time_us must be >= 1")
         check(self.threads >= 1, "threads must be >= 1")
+        check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         for name in ("run_as_user", "run_as_group", "fs_group"):
             check(isinstance(getattr(self, name), int) and 1 <= getattr(self, name) < 2**31,
                   f"{name} must be a non-root id (1 .. 2^31-1), not {getattr(self, name)!r}")
@@ -306,7 +311,7 @@ def app_name(options: KubernetesOptions, model_name: str) -> str:
 def stack_options(options: KubernetesOptions, model_name: str) -> StackOptions:
     """The compose stack options whose server command and environment the pods use."""
     return StackOptions(target="triton", backend=options.backend, model_name=model_name,
-                        repo_mount=options.repo_mount, threads=options.threads,
+                        repo_mount=options.repo_mount, threads=options.threads, precision=options.precision,
                         image=options.server_image or None)
 
 

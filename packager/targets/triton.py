@@ -253,7 +253,10 @@ def gpu_config(config_text: str, *, source: str = "config.pbtxt") -> str:
 
 
 def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) -> str:
-    """Render the python backend's ``model.py`` for this export."""
+    """Render the python backend's ``model.py`` for this export (a bf16 export's sets its serving
+    environment, :func:`packager.encoders.precision.serving_environment`, before TensorFlow loads)."""
+    from ..encoders.precision import serving_environment
+
     return render_template(
         "triton/model.py.j2",
         **_context(manifest, name, options),
@@ -263,6 +266,8 @@ def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) ->
         max_string_bytes=options.max_string_bytes,
         tensorflow=manifest.tensorflow,
         tensorflow_text=manifest.tensorflow_text,
+        precision=manifest.precision,
+        environment=serving_environment(manifest.precision),
     )
 
 
@@ -317,7 +322,8 @@ def render_files(
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "export": {k: v for k, v in manifest.to_dict().items()
                    if k in ("source", "name", "task", "output_dim", "max_seq_length", "tensorflow", "tensorflow_text",
-                            "op_libraries", "inputs", "output_key", "truncate_dim", "default_prompt_name")},
+                            "op_libraries", "inputs", "output_key", "truncate_dim", "default_prompt_name",
+                            "precision")},
         "version": int(version),
     }
     files[TARGET_INFO] = json.dumps(info, indent=2, ensure_ascii=False) + "\n"
