@@ -93,3 +93,13 @@ def run_threads(target, concurrency: int, start: threading.Barrier, join_timeout
     for t in threads:
         t.join(join_timeout)
     return time.perf_counter() - t0
+
+
+def rotated_calls(names: list[str], rounds: int, items: list):
+    """``(item, order)`` for every item of every round, the contenders' order rotated by one per
+    call: on a shared machine each contender meets the same load, and none always goes first."""
+    k = 0
+    for _ in range(rounds):
+        for item in items:
+            yield item, names[k % len(names):] + names[:k % len(names)]
+            k += 1

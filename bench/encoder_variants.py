@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     sys.path.insert(1, str(ROOT))
     import tensorflow as tf
 
-    from bench.common import header, write_result
+    from bench.common import header, rotated_calls, write_result
     from bench.corpus import make_corpus
     from bench.run import set_threads
 
@@ -359,15 +359,11 @@ def main(argv=None) -> int:
         for n, f in fns.items():  # also the warm-up: every shape once per variant
             diffs[n] = max(float(np.abs(f(*x).numpy() - r).max()) for x, r in zip(feeds, ref))
         times = {n: [] for n in names}
-        k = 0
-        for _ in range(args.rounds):
-            for x in feeds:
-                order = names[k % len(names):] + names[:k % len(names)]
-                k += 1
-                for n in order:
-                    s = time.perf_counter()
-                    fns[n](*x).numpy()
-                    times[n].append(time.perf_counter() - s)
+        for x, order in rotated_calls(names, args.rounds, feeds):
+            for n in order:
+                s = time.perf_counter()
+                fns[n](*x).numpy()
+                times[n].append(time.perf_counter() - s)
         row = {}
         for n in names:
             ratios = [b / t for b, t in zip(times["base"], times[n])]

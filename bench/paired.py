@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import header, st_reference, write_result  # noqa: E402
+from bench.common import header, rotated_calls, st_reference, write_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -109,17 +109,13 @@ def main(argv=None) -> int:
                     workers[n].call(1800, op="time", name="t", batch=batch, n=len(texts), out=str(work / f"{n}.npy"))
                 acc = {n: accuracy(np.load(work / f"{n}.npy"), ref) for n in order}
                 lat = {n: [] for n in order}
-                k = 0
-                for _ in range(args.rounds):
-                    for start in calls:
-                        rot = order[k % len(order):] + order[:k % len(order)]
-                        k += 1
-                        for n in rot:
-                            try:
-                                msg = workers[n].call(600, op="time", name="t", batch=batch, n=batch, start=start)
-                            except WorkerError as exc:
-                                raise SystemExit(f"{n} failed: {exc}") from exc
-                            lat[n].append(msg["lat_ms"][0])
+                for start, rot in rotated_calls(order, args.rounds, calls):
+                    for n in rot:
+                        try:
+                            msg = workers[n].call(600, op="time", name="t", batch=batch, n=batch, start=start)
+                        except WorkerError as exc:
+                            raise SystemExit(f"{n} failed: {exc}") from exc
+                        lat[n].append(msg["lat_ms"][0])
                 row = {}
                 for n in order:
                     ratios = [b / t for b, t in zip(lat[base], lat[n])]

@@ -8,18 +8,18 @@ option. Without a docker engine they skip with the reason; under CI=true they fa
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import docker_env
 import numpy as np
 import pytest
 import yaml
+from raw_triton import assert_parity, triton_embed
 
-import docker_env
 from packager.errors import TargetError
 from packager.targets.compose import StackOptions, render_compose
 from packager.targets.tfserving import TFServingOptions
@@ -264,36 +264,16 @@ def reference(default_model_dir, corpus):
     return corpus, reference_embeddings(model, corpus)
 
 
-def _infer(url: str, texts: list[str], protocol: str) -> np.ndarray:
-    if protocol == "http":
-        import tritonclient.http as client
-    else:
-        import tritonclient.grpc as client
-    c = client.InferenceServerClient(url)
-    try:
-        inp = client.InferInput("input_sequence", [len(texts), 1], "BYTES")
-        inp.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=object).reshape(-1, 1))
-        res = c.infer("minilm", [inp], outputs=[client.InferRequestedOutput("sentence_embedding")])
-        return res.as_numpy("sentence_embedding")
-    finally:
-        c.close()
-
-
 def _embed_all(url: str, texts: list[str], protocol: str, batch: int = 32) -> np.ndarray:
-    return np.concatenate([_infer(url, texts[i:i + batch], protocol) for i in range(0, len(texts), batch)])
+    return triton_embed(url, "minilm", texts, protocol, batch)
 
 
 @pytest.mark.container
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_triton_stack_serves_raw_strings_with_parity_when_started_by_compose(running_stack, reference, protocol):
-    from packager.verify import compare
-
     texts, expected = reference
-    got = _embed_all(running_stack[protocol], texts, protocol)
-    report = compare(texts, expected, got)
-    print(report.render())
-    assert report.ok, report.render()
+    assert_parity(texts, expected, _embed_all(running_stack[protocol], texts, protocol))
 
 
 @pytest.mark.container
@@ -383,7 +363,7 @@ def test_triton_stack_starts_with_same_limits_when_run_by_compose_v2(engine, cpu
         hc = c.attrs["HostConfig"]
         assert hc["Memory"] == 3 * 2**30 and hc["NanoCpus"] == 15 * 10**8 and hc["PidsLimit"] == 4096
         assert {b["HostIp"] for v in hc["PortBindings"].values() for b in v} == {"127.0.0.1"}
-        assert _infer(f"127.0.0.1:{http}", ["compose v2"], "http").shape == (1, 384)
+        assert _embed_all(f"127.0.0.1:{http}", ["compose v2"], "http").shape == (1, 384)
 
 
 def test_write_stack_points_at_repository_when_written_beside_a_build(tmp_path):

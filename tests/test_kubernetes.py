@@ -36,6 +36,7 @@ import docker_env
 import numpy as np
 import pytest
 import yaml
+from raw_triton import assert_parity, triton_embed
 
 from packager.errors import TargetError
 from packager.targets.kubernetes import (
@@ -667,22 +668,7 @@ def reference(default_model_dir, corpus):
 
 
 def _embed(url: str, texts: list[str], protocol: str, batch: int = 32) -> np.ndarray:
-    if protocol == "http":
-        import tritonclient.http as client
-    else:
-        import tritonclient.grpc as client
-    c = client.InferenceServerClient(url)
-    out = []
-    try:
-        for i in range(0, len(texts), batch):
-            chunk = texts[i:i + batch]
-            inp = client.InferInput("input_sequence", [len(chunk), 1], "BYTES")
-            inp.set_data_from_numpy(np.array([t.encode("utf-8") for t in chunk], dtype=object).reshape(-1, 1))
-            res = c.infer(MODEL, [inp], outputs=[client.InferRequestedOutput("sentence_embedding")])
-            out.append(res.as_numpy("sentence_embedding"))
-    finally:
-        c.close()
-    return np.concatenate(out)
+    return triton_embed(url, MODEL, texts, protocol, batch)
 
 
 @pytest.mark.container
@@ -715,14 +701,9 @@ def test_pod_runs_hardened_as_written_when_started_like_the_kubelet(running_pod,
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_pod_serves_with_parity_when_run_like_the_kubelet(running_pod, reference, protocol):
-    from packager.verify import compare
-
     pod, server = running_pod
     texts, expected = reference
-    got = _embed(pod.url(server, protocol), texts, protocol)
-    report = compare(texts, expected, got)
-    print(report.render())
-    assert report.ok, report.render()
+    assert_parity(texts, expected, _embed(pod.url(server, protocol), texts, protocol))
 
 
 @pytest.mark.container
