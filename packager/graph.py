@@ -70,9 +70,10 @@ def build_module(spec: PipelineSpec, *, truncate_dim: int | None = None, precisi
     import tensorflow as tf
 
     truncate_dim = check_truncate_dim(spec, truncate_dim)
+    # Prompts first: this HF tokenizer is gone before the weights are read (export memory).
+    prompts = prompt_table(spec, spec.transformer.load_hf_tokenizer(spec.model_dir))
     transformer = spec.transformer.build(spec.model_dir, precision=precision)
     heads = [m.build(spec.model_dir) for m in spec.heads]
-    prompts = prompt_table(spec, spec.transformer.load_hf_tokenizer(spec.model_dir))
     rerank = spec.task == "rerank"
     first_key = QUERY_KEY if rerank else INPUT_KEY
     from .encoders.activations import ACTIVATIONS
@@ -255,6 +256,7 @@ def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: b
         OutputExistsError: ``out_dir`` exists and ``force`` is not set.
     """
     from .encoders.precision import check_precision
+    from .memory import release_freed_memory
 
     check_precision(precision)
     out = Path(out_dir)
@@ -265,9 +267,11 @@ def export(model=None, out_dir: str | os.PathLike = "exports/model", *, force: b
     with steps(f"export {spec.source}") as step:
         with step("load weights and derive the in-graph tokenizer"):
             module = build_module(spec, truncate_dim=truncate_dim, precision=precision)
+        release_freed_memory(collect=True)  # what building left on the heap, before tracing adds to it
         with staged_tree(out, force=force, keep_existing=False) as tmp:
             with step("trace and save the SavedModel"):
                 save(module, tmp)
+            release_freed_memory(collect=True)  # tracing's and the saver's garbage, before the pb is read back
             with step("write the manifest"):
                 manifest = manifest_for(spec, tmp, module)
                 write_manifest(tmp, manifest)

@@ -523,6 +523,75 @@ def test_build_encoder_empties_the_weights_and_gives_the_same_states_when_consum
     np.testing.assert_array_equal(_run(consumed, ids, mask), _run(_encoder(model_dir), ids, mask))
 
 
+def _layer_of(name: str) -> int | None:
+    import re
+
+    m = re.search(r"\blayers?\.(\d+)\.", name)
+    return None if m is None else int(m.group(1))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_modernbert", "tiny_qwen3"])
+def test_build_encoder_frees_each_layers_checkpoint_arrays_once_its_variables_exist(fixture, request, monkeypatch):
+    """Export memory: with consume_weights a layer's arrays die as soon as its variables are built (the
+    heap is trimmed right then), not when the whole encoder is done; the later layers are still alive."""
+    import weakref
+
+    import packager.memory
+
+    model_dir = request.getfixturevalue(fixture)
+    cfg = _hf_config(model_dir)
+    weights = load_weights(model_dir / "model.safetensors")
+    refs = {name: (_layer_of(name), weakref.ref(arr)) for name, arr in weights.items()}
+    n_layers = 1 + max(i for i, _ in refs.values() if i is not None)
+    seen = []
+
+    def record(collect=False):  # called by build_layers after each layer
+        seen.append({i for i, ref in refs.values() if i is not None and ref() is not None})
+        return True
+
+    monkeypatch.setattr(packager.memory, "release_freed_memory", record)
+    build_encoder(cfg["model_type"], cfg, weights, consume_weights=True)
+    assert len(seen) == n_layers
+    for k, alive in enumerate(seen):
+        assert not alive & set(range(k + 1)), f"after layer {k}: arrays of layers {sorted(alive)} still alive"
+        if fixture != "tiny_bert":  # the pre-norm converters only view the checkpoint (BERT's may copy)
+            assert alive == set(range(k + 1, n_layers))
+    assert all(ref() is None for _, ref in refs.values())
+
+
+def test_variable_fills_a_large_array_in_blocks_bit_for_bit(monkeypatch):
+    """The blockwise copy (no full-size temporaries) gives the same variable as ``tf.Variable``."""
+    from packager.encoders import layers
+
+    monkeypatch.setattr(layers, "VARIABLE_BLOCK_BYTES", 100)  # 3 rows of 7 floats per block, a partial last one
+    a = np.random.default_rng(0).standard_normal((13, 7)).astype(np.float32) * 1e3
+    for dtype in (tf.float32, tf.bfloat16):
+        got = layers.variable(a.T.T, "w", dtype)
+        expected = tf.Variable(a if dtype == tf.float32 else tf.cast(a, dtype), trainable=False)
+        assert (got.dtype, got.shape, got.trainable, got.name) == (dtype, (13, 7), False, "w:0")
+        bits = np.uint32 if dtype == tf.float32 else np.uint16
+        np.testing.assert_array_equal(got.numpy().view(bits), expected.numpy().view(bits))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_qwen3"])
+def test_encoder_built_with_blockwise_variables_gives_identical_states(fixture, request, monkeypatch):
+    from packager.encoders import layers
+
+    model_dir = request.getfixturevalue(fixture)
+    ids, mask = _batch_for(fixture, model_dir, [11, 3, 7], seed=4)
+    whole = _run(_encoder(model_dir), ids, mask)
+    monkeypatch.setattr(layers, "VARIABLE_BLOCK_BYTES", 256)
+    np.testing.assert_array_equal(_run(_encoder(model_dir, consume_weights=True), ids, mask), whole)
+
+
+def test_release_freed_memory_trims_the_heap_on_glibc():
+    import platform
+
+    from packager.memory import release_freed_memory
+
+    assert release_freed_memory(collect=True) is (platform.libc_ver()[0] == "glibc")
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
 def test_load_weights_returns_float32_equal_to_torch_when_safetensors_holds_other_float_types(dtype, tmp_path):
     from safetensors.torch import save_file

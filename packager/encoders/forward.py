@@ -10,7 +10,7 @@ def build(weights, *, unpad: bool = True, release: bool = False, name: str = "en
     Args:
         weights: :class:`~packager.encoders.spec.PostLNWeights` or :class:`~packager.encoders.spec.PreNormWeights`.
         unpad: per-token layers on real tokens only (True, the serving path) or the padded layout.
-        release: empty ``weights`` as its arrays become variables (see ``layers.take_layers``).
+        release: empty ``weights`` as its arrays become variables (see ``layers.build_layers``).
         name: module name.
         precision: ``"fp32"`` or ``"bf16"`` (see ``precision.py``; checked by the caller).
     """

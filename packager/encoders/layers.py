@@ -54,13 +54,32 @@ PAIR_SIGNATURE = (
 
 
 # --------------------------------------------------------------------------- graph pieces
+# A weight larger than this is copied into its variable in row blocks of about this size.
+VARIABLE_BLOCK_BYTES = 16 << 20
+
+
 def variable(value: np.ndarray, name: str, dtype=tf.float32) -> tf.Variable:
     """A non-trainable variable (saved under ``variables/``, never a graph constant: constant-folded
-    weights would pass the 2 GB protobuf limit). float32, or ``tf.bfloat16`` (rounded to nearest even)."""
+    weights would pass the 2 GB protobuf limit). float32, or ``tf.bfloat16`` (rounded to nearest even).
+
+    ``tf.Variable(array)`` makes two full-size copies on the way (numpy -> tensor -> the variable's
+    buffer; 1.2 GB extra for a 151k x 1024 vocabulary), so a large array is copied into a
+    zero-filled variable block by block instead: the only full-size copy is the variable itself.
+    Same values bit for bit (a float32 copy, or the same elementwise cast to bfloat16).
+    """
     value = np.ascontiguousarray(value, dtype=np.float32)
-    if dtype == tf.float32:
-        return tf.Variable(value, trainable=False, name=name)
-    return tf.Variable(tf.cast(value, dtype), trainable=False, name=name)
+    if value.nbytes <= VARIABLE_BLOCK_BYTES or value.ndim == 0:
+        init = value if dtype == tf.float32 else tf.cast(value, dtype)
+        return tf.Variable(init, trainable=False, name=name)
+    var = tf.Variable(tf.zeros(value.shape, dtype), trainable=False, name=name)
+    rows = max(1, VARIABLE_BLOCK_BYTES // (value[0].nbytes or 1))
+    for lo in range(0, value.shape[0], rows):
+        block = value[lo:lo + rows]
+        # The raw op: ``var[lo:hi].assign`` would read the variable first, and that outstanding read
+        # makes the assign copy the whole buffer (copy-on-write) for every block.
+        tf.raw_ops.ResourceStridedSliceAssign(ref=var.handle, begin=[lo], end=[lo + len(block)], strides=[1],
+                                              value=block if dtype == tf.float32 else tf.cast(block, dtype))
+    return var
 
 
 def kernel_dtype(precision: str):
@@ -91,17 +110,25 @@ def take(spec, attr: str, release: bool):
     return value
 
 
-def take_layers(spec, release: bool):
-    """``enumerate(spec.layers)``; with ``release`` each layer leaves the list as it is handed out,
-    so its arrays can be freed once its variables exist (the export then never holds the
-    checkpoint twice, when the caller dropped its own references: ``build_encoder(consume_weights=True)``)."""
+def build_layers(spec, release: bool, make) -> list:
+    """``[make(layer_weights, index) for each layer of spec.layers]``.
+
+    With ``release`` each layer leaves ``spec.layers`` as it is built and its arrays are freed once
+    its variables exist, and the malloc heap is trimmed after each layer
+    (:func:`packager.memory.release_freed_memory`): the freed arrays' pages go back to the OS as
+    the variables fill up, so the export never holds the checkpoint twice (when the caller dropped
+    its own references: ``build_encoder(consume_weights=True)``). Without the trim glibc kept
+    them resident (1.9 GB for Qwen3-0.6B).
+    """
     if not release:
-        yield from enumerate(spec.layers)
-        return
-    index = 0
+        return [make(lw, i) for i, lw in enumerate(spec.layers)]
+    from ..memory import release_freed_memory
+
+    built = []
     while spec.layers:
-        yield index, spec.layers.pop(0)
-        index += 1
+        built.append(make(spec.layers.pop(0), len(built)))  # the popped weights die with this call
+        release_freed_memory()
+    return built
 
 
 def layer_norm(x, gamma, beta, eps: float):
@@ -322,7 +349,7 @@ class PostLNEncoder(ChunkedEncoder):
         self.position_embeddings = variable(take(w, "position_embeddings", release), "position_embeddings")
         self.embed_ln_g = variable(w.embed_ln[0], "embeddings_layer_norm_gamma")
         self.embed_ln_b = variable(w.embed_ln[1], "embeddings_layer_norm_beta")
-        self.layers = [Layer(lw, self.num_heads, i, precision) for i, lw in take_layers(w, release)]
+        self.layers = build_layers(w, release, lambda lw, i: Layer(lw, self.num_heads, i, precision))
         if w.relative_bias is not None:
             self.relative_span = (int(w.relative_bias.shape[1]) + 1) // 2
             self.relative_bias = variable(take(w, "relative_bias", release), "relative_attention_bias")

@@ -27,13 +27,13 @@ from .activations import activation
 from .layers import (
     MASK_VALUE,
     ChunkedEncoder,
+    build_layers,
     kernel_dtype,
     layer_norm,
     packing,
     project,
     rms_norm,
     take,
-    take_layers,
     variable,
 )
 from .rope import inverse_frequencies
@@ -129,7 +129,7 @@ class PreNormEncoder(ChunkedEncoder):
         self.word_embeddings = variable(take(w, "word_embeddings", release), "word_embeddings")
         self.embed_norm = _norm_variables(w.embed_norm, "embed_norm")
         self.final_norm = _norm_variables(w.final_norm, "final_norm")
-        self.layers = [PreNormLayerModule(lw, w, i, precision) for i, lw in take_layers(w, release)]
+        self.layers = build_layers(w, release, lambda lw, i: PreNormLayerModule(lw, w, i, precision))
         # Small per-theta tables; constants are fine at this size (head_dim / 2 floats each).
         self.inv_freq = {t: inverse_frequencies(t, self.head_dim) for t in sorted({l.rope_theta for l in self.layers})}
 

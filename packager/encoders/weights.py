@@ -3,7 +3,8 @@
 TF-free and torch-free for safetensors. Floating-point tensors come back as float32 whatever
 they were stored as (F16, BF16, F64): the graph computes in float32, and converting here, one
 tensor at a time, means the export never holds a second full-size copy of the weights (a
-bfloat16 Qwen3-0.6B is 1.2 GB on disk and 2.4 GB as float32).
+bfloat16 Qwen3-0.6B is 1.2 GB on disk and 2.4 GB as float32). The file is read with plain reads,
+not mapped; the only temporary is one tensor's stored bytes (half its float32 size for BF16).
 """
 from __future__ import annotations
 
@@ -90,16 +91,18 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
             if end - start != count * stored.itemsize or start < 0 or base + end > size:
                 raise ModelError(f"cannot read {path}: tensor {name!r} ({dtype}{shape}) has bad data offsets")
             f.seek(base + start)
+            # Read straight into an array (no intermediate bytes object): the final one, or the stored
+            # 16/64-bit values, widened into the float32 result with no further temporary.
+            raw = np.empty(shape, stored.newbyteorder("<"))
+            if raw.size and f.readinto(memoryview(raw.reshape(-1).view(np.uint8))) != end - start:
+                raise ModelError(f"cannot read {path}: tensor {name!r} is truncated")
             if dtype == "F32" or dtype not in _FLOAT:
-                # Read straight into the final array: no intermediate bytes object.
-                arr = np.empty(shape, stored.newbyteorder("<"))
-                if arr.size and f.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != end - start:
-                    raise ModelError(f"cannot read {path}: tensor {name!r} is truncated")
-                out[name] = arr
-                continue
-            raw = np.frombuffer(f.read(end - start), dtype=stored.newbyteorder("<")).reshape(shape)
-            if dtype == "BF16":  # the top 16 bits of a float32
-                out[name] = (raw.astype(np.uint32) << 16).view(np.float32)
+                out[name] = raw
+            elif dtype == "BF16":  # the top 16 bits of a float32
+                wide = np.empty(shape, np.uint32)
+                np.left_shift(raw, 16, out=wide, dtype=np.uint32)
+                out[name] = wide.view(np.float32)
             else:
                 out[name] = raw.astype(np.float32)
+            del raw
     return out

@@ -119,27 +119,35 @@ class Transformer(Module):
 
         from ..encoders import build_encoder
         from ..encoders.weights import load_weights
+        from ..memory import release_freed_memory
         from ..tokenizers import build_tokenizer
 
         module_dir = self.directory(model_dir)
         hf_tok = self.load_hf_tokenizer(model_dir)
         tokenizer = build_tokenizer(hf_tok, module_dir, self.max_seq_length)
-        weights = load_weights(module_dir / self.weights_file)
-        head = None
         if self.task == "sequence-classification":
-            from ..encoders.heads import build_head, convert_head
             from ..tokenizers.hf import check_pair_template
 
             if tokenizer.post.pair is None:
                 raise UnsupportedError(f"{module_dir}: the tokenizer's post-processor defines no layout for pairs")
             check_pair_template(hf_tok, tokenizer.post.pair)
+        # The model sees token types only where its tokenizer hands them over (BERT yes, XLM-R no).
+        use_types = "token_type_ids" in (getattr(hf_tok, "model_input_names", None) or [])
+        # The HF tokenizer (hundreds of MB for a 150k vocabulary) and what deriving the in-graph one
+        # left behind are freed before the checkpoint is read, not held next to it.
+        del hf_tok
+        release_freed_memory(collect=True)
+        weights = load_weights(module_dir / self.weights_file)
+        head = None
+        if self.task == "sequence-classification":
+            from ..encoders.heads import build_head, convert_head
+
             head = build_head(convert_head(self.model_type, dict(self.hf_config), weights))
-        # consume_weights: each checkpoint array is freed once its variables exist (peak memory ~1.8x weights).
+        # consume_weights: each checkpoint array is freed (and the heap trimmed) once its variables
+        # exist, so the checkpoint is held about once (docs/performance.md, "Export memory").
         encoder = build_encoder(self.model_type, dict(self.hf_config), weights, consume_weights=True,
                                 precision=precision)
         del weights
-        # The model sees token types only where its tokenizer hands them over (BERT yes, XLM-R no).
-        use_types = "token_type_ids" in (getattr(hf_tok, "model_input_names", None) or [])
 
         class TransformerModule(tf.Module):
             def __init__(self):
