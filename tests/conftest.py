@@ -196,3 +196,26 @@ def java_classes(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture
+def tf217_unicode_encode(monkeypatch):
+    """``tf.strings.unicode_encode`` made to behave as TF <= 2.17's UnicodeEncode in the graphs traced
+    during the test: each of the 66 noncharacters (U+FDD0..U+FDEF, U+nFFFE, U+nFFFF) is written as
+    U+FFFD (TF 2.12.1 and 2.17.0 do that; 2.20 and 2.21 write them as themselves). Lets the project
+    venv catch graphs that rely on unicode_encode being one-to-one (see ``common.encode_keys``)."""
+    import tensorflow as tf
+
+    real = tf.strings.unicode_encode
+
+    def old_encode(input, output_encoding, *args, **kwargs):  # noqa: A002 (TF's parameter name)
+        rt = input if isinstance(input, tf.RaggedTensor) else None
+        v = rt.flat_values if rt is not None else tf.convert_to_tensor(input)
+        nonchar = ((v >= 0xFDD0) & (v <= 0xFDEF)) | tf.equal(tf.bitwise.bitwise_and(v, 0xFFFE), 0xFFFE)
+        v = tf.where(nonchar, tf.constant(0xFFFD, v.dtype), v)
+        return real(rt.with_flat_values(v) if rt is not None else v, output_encoding, *args, **kwargs)
+
+    monkeypatch.setattr(tf.strings, "unicode_encode", old_encode)
+    got = tf.strings.unicode_encode(tf.ragged.constant([[0xFDD0, 0x10FFFF, 0xFFFD, 0xE9]], tf.int32), "UTF-8")
+    assert got.numpy().tolist() == ["\ufffd\ufffd\ufffd\u00e9".encode()]
+    return old_encode

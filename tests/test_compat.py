@@ -103,6 +103,25 @@ def bpe_reference(texts, tiny_qwen3_bpe):
 
 
 @pytest.fixture(scope="session")
+def sentencepiece_export(exports, tiny_xlmr, results):
+    """An XLM-R-style graph: in-graph SentencePiece Unigram tokenizer (core TF ops only), encoder, mean pooling."""
+    from packager.manifest import read
+
+    out = exports("tiny_xlmr")
+    results["sentencepiece_graph"] = "tiny XLM-R encoder with an in-graph SentencePiece (Unigram) tokenizer"
+    return out, read(out)
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_reference(texts, tiny_xlmr):
+    from packager.verify import reference_embeddings, reference_ids, reference_model
+
+    corpus, _ = texts
+    model = reference_model(tiny_xlmr)
+    return reference_ids(model, corpus), reference_embeddings(model, corpus), "sentence-transformers"
+
+
+@pytest.fixture(scope="session")
 def texts(corpus, tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.json"
     path.write_text(json.dumps(corpus, ensure_ascii=False), encoding="utf-8")
@@ -183,6 +202,14 @@ def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, expo
 def test_compat_bpe_decoder_graph_loads_and_matches_when_checker_accepts_release(pair, bpe_export, texts, bpe_reference,
                                                                                  venvs, results, tmp_path):
     _check_runtime(pair, *bpe_export, texts, bpe_reference, venvs, results.setdefault("bpe_runtimes", {}), tmp_path)
+
+
+@pytest.mark.parametrize("pair", RUNTIMES, **PAIR_IDS)
+def test_compat_sentencepiece_graph_loads_and_matches_when_checker_accepts_release(pair, sentencepiece_export, texts,
+                                                                                   sentencepiece_reference, venvs,
+                                                                                   results, tmp_path):
+    _check_runtime(pair, *sentencepiece_export, texts, sentencepiece_reference, venvs,
+                   results.setdefault("sentencepiece_runtimes", {}), tmp_path)
 
 
 def test_compat_check_agrees_with_runtimes_when_every_server_is_checked(export, results):

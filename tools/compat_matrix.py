@@ -116,6 +116,17 @@ def render(results: dict) -> str:
                          f"{_parity(r)} |")
             if r.get("error"):
                 lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
+    sp = results.get("sentencepiece_runtimes", {})
+    if sp:
+        lines += ["", "## A SentencePiece (Unigram) graph", "",
+                  f"The same runtimes on {results.get('sentencepiece_graph', 'a SentencePiece graph')}: its tokenizer "
+                  "is core TF ops only (no TF-Text library).", "",
+                  "| runtime | TF | TF-Text | check | loads | parity |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, r in sp.items():
+            lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
+                         f"{_parity(r)} |")
+            if r.get("error"):
+                lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
     builds = results.get("venv_builds", {})
     if builds:
         lines += ["", "Venv builds (parallel, cached under `~/.cache/packager/compat/`): "

@@ -54,6 +54,8 @@ from .common import (
     CodepointMap,
     InGraphTokenizer,
     RangeTable,
+    encode_keys,
+    key_bytes,
     repeat_range,
     rowids,
     splits_from_lengths,
@@ -755,7 +757,7 @@ class BPEMerger(tf.Module):
         if model.ignore_merges:
             toks = sorted(model.vocab.items(), key=lambda kv: kv[1])
             self.words_table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(tf.constant([t for t, _ in toks]),
+                tf.lookup.KeyValueTensorInitializer(tf.constant([key_bytes(t) for t, _ in toks], tf.string),
                                                     tf.constant([i for _, i in toks], tf.int64)), default_value=-1)
         self.prefix_bytes = list(model.prefix.encode("utf-8"))
         self.suffix_bytes = list(model.suffix.encode("utf-8"))
@@ -869,10 +871,8 @@ class BPEMerger(tf.Module):
         orig = tf.range(s0)
         size = tf.constant(self.vocab_size, tf.int64)
         inf = tf.constant(BIG, tf.int64)
-        ta_pos = tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
-        ta_id = tf.TensorArray(tf.int64, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
 
-        def body(r, sym, word, orig, ta_pos, ta_id):
+        def body(sym, word, orig, done_pos, done_id):
             n = tf.size(sym, out_type=tf.int64)
             pos = tf.range(n)
             same = tf.concat([tf.equal(word[1:], word[:-1]), [False]], 0)
@@ -884,8 +884,8 @@ class BPEMerger(tf.Module):
             wmin_at = tf.gather(wmin, word)
             done_sym = tf.equal(wmin_at, inf)
             # finished words leave the loop
-            ta_pos = ta_pos.write(r, tf.boolean_mask(orig, done_sym))
-            ta_id = ta_id.write(r, tf.boolean_mask(sym, done_sym))
+            done_pos = tf.concat([done_pos, tf.boolean_mask(orig, done_sym)], 0)
+            done_id = tf.concat([done_id, tf.boolean_mask(sym, done_sym)], 0)
             cand = found & tf.equal(rank, wmin_at)
             mono = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed, 23), 1) > 0
             # runs of overlapping occurrences (x x x ...) pair up from their left end
@@ -915,16 +915,16 @@ class BPEMerger(tf.Module):
             sym = tf.where(do, new_id, sym)
             removed = tf.concat([[False], do[:-1]], 0)
             keep = ~removed & ~done_sym
-            return (r + 1, tf.boolean_mask(sym, keep), tf.boolean_mask(word, keep), tf.boolean_mask(orig, keep),
-                    ta_pos, ta_id)
+            return (tf.boolean_mask(sym, keep), tf.boolean_mask(word, keep), tf.boolean_mask(orig, keep),
+                    done_pos, done_id)
 
-        _, _, _, _, ta_pos, ta_id = tf.while_loop(
-            lambda r, sym, *_: tf.size(sym) > 0, body,
-            (tf.constant(0), sym, word, orig, ta_pos, ta_id),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None]), tf.TensorShape([None]),
-                              tf.TensorShape([None]), None, None))
-        all_pos = ta_pos.concat()
-        all_id = ta_id.concat()
+        # The finished symbols are concatenated, not collected in a growing TensorArray: that one
+        # needs TensorListSetItem's resize_if_index_out_of_bounds, which TF <= 2.12 (TF-Serving
+        # 2.12) lacks. A round copies what finished before it; symbols finish in few rounds.
+        empty = tf.zeros([0], tf.int64)
+        _, _, _, all_pos, all_id = tf.while_loop(
+            lambda sym, *_: tf.size(sym) > 0, body, (sym, word, orig, empty, empty),
+            shape_invariants=(tf.TensorShape([None]),) * 5)
         out = tf.tensor_scatter_nd_update(tf.fill(tf.reshape(s0, [1]), tf.constant(-1, tf.int64)), all_pos[:, None],
                                           all_id)
         alive = out >= 0
@@ -974,8 +974,7 @@ class BPEMerger(tf.Module):
 
     def whole_words(self, words: Words):
         """ignore_merges: the id of each word that is itself a vocab entry, else -1."""
-        strings = tf.strings.unicode_encode(
-            tf.RaggedTensor.from_row_splits(words.values, words.splits, validate=False), "UTF-8")
+        strings = encode_keys(tf.RaggedTensor.from_row_splits(words.values, words.splits, validate=False))
         return self.words_table.lookup(strings)
 
 
@@ -1055,7 +1054,7 @@ class BPETokenizer(InGraphTokenizer):
             cpiece = tf.searchsorted(words.splits, starts, side="right", out_type=tf.int64) - 1
             if self.every_word_gives_a_token:
                 csplits, cpiece, v = self._chunks_within_budget(v, csplits, cpiece)
-            strings = tf.strings.unicode_encode(tf.RaggedTensor.from_row_splits(v, csplits, validate=False), "UTF-8")
+            strings = encode_keys(tf.RaggedTensor.from_row_splits(v, csplits, validate=False))
 
         def misses(miss):
             with tf.name_scope("bpe_misses"):
@@ -1133,8 +1132,9 @@ class WordCache(tf.Module):
         keys: the cached texts.
         ids: the HF ids of each.
 
-    :meth:`encode` looks every string up and calls ``compute(rows)`` only for the misses (and only
-    when there are any), then puts both back in order.
+    :meth:`encode` takes the texts as ``common.encode_keys`` gives them (plain UTF-8 is no key:
+    TF <= 2.17 writes noncharacters as U+FFFD), looks every string up and calls ``compute(rows)``
+    only for the misses (and only when there are any), then puts both back in order.
     """
 
     def __init__(self, keys, ids, runtime_words: int | None = None, name=None):
@@ -1157,7 +1157,7 @@ class WordCache(tf.Module):
                 k += 1
         self._values = np.array([t for i in several for t in i] or [0], dtype=np.int32)
         self.table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(list(keys) or [""], tf.string),
+            tf.lookup.KeyValueTensorInitializer(tf.constant([key_bytes(k) for k in keys] or [b""], tf.string),
                                                 tf.constant(packed or [0], tf.int64)),
             default_value=-1)
 
@@ -1204,7 +1204,9 @@ class RuntimeCache(tf.Module):
     ``WIDTH`` of them, padded with -1; words with more ids are not kept. Entries are only added
     while the table holds fewer than ``max_words``. The ids of a word depend on the word alone,
     so a remembered word gives exactly what computing it gives: the output never depends on what
-    was served before, only the time does.
+    was served before, only the time does. That holds only if the keys are one-to-one with the
+    words: ``common.encode_keys``, not ``unicode_encode`` (TF <= 2.17 wrote " \\ufdd0" and " \\ufffd"
+    as the same string, so which ids a word got depended on which of the two was computed first).
     """
 
     WIDTH = 8
@@ -1212,7 +1214,7 @@ class RuntimeCache(tf.Module):
     def __init__(self, max_words: int, name=None):
         super().__init__(name=name)
         self.max_words = int(max_words)
-        self.table = tf.lookup.experimental.MutableHashTable(
+        self.table = _UncheckpointedTable(
             tf.string, tf.int64, default_value=tf.constant([-1] * self.WIDTH, tf.int64), name="words")
 
     def encode(self, strings: tf.Tensor, compute) -> tuple[tf.Tensor, tf.Tensor]:
@@ -1246,6 +1248,18 @@ class RuntimeCache(tf.Module):
         mvals, msplits = tf.cond(tf.size(miss) > 0, fresh,
                                  lambda: (tf.zeros([0], tf.int64), tf.zeros([1], tf.int64)))
         return _interleave(hit, hvals, splits_from_lengths(tf.boolean_mask(hlen, hit)), mvals, msplits)
+
+
+class _UncheckpointedTable(tf.lookup.experimental.MutableHashTable):
+    """A ``MutableHashTable`` whose contents are not saved: a cache starts empty wherever it is loaded.
+
+    Without saveables the SavedModel holds no save/restore functions for it; TF 2.12's
+    ``tf.saved_model.load`` cannot load the ones TF 2.21 writes for a checkpointed table
+    ("save_fn(checkpoint_key) expected a Tensor in checkpoint_key, but got str value").
+    """
+
+    def _gather_saveables_for_checkpoint(self):
+        return {}
 
 
 def _after(op, value):

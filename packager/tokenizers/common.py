@@ -44,7 +44,8 @@ because TF's Unicode tables are newer than the ones inside ``tokenizers``):
   with one ``tf.searchsorted`` + one ``tf.gather``.
 * :class:`CodepointMap` – code point -> replacement sequence of code points (e.g. lower-casing,
   NFD), applied to ragged code points in-graph.
-* :func:`decode_utf8` / :func:`encode_utf8` – tf.string <-> ragged code points.
+* :func:`decode_utf8` / :func:`encode_utf8` – tf.string <-> ragged code points; :func:`encode_keys` /
+  :func:`key_bytes` – table keys of code-point rows, the same in every TF release.
 
 Example (a subclass)::
 
@@ -61,6 +62,7 @@ Example (a subclass)::
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -103,8 +105,73 @@ def decode_utf8(strings: tf.Tensor) -> tf.RaggedTensor:
 
 
 def encode_utf8(codepoints: tf.RaggedTensor) -> tf.Tensor:
-    """int32 code points ``[N, (chars)]`` -> ``tf.string [N]`` (UTF-8)."""
+    """int32 code points ``[N, (chars)]`` -> ``tf.string [N]`` (UTF-8).
+
+    Not for table keys: TF <= 2.17 writes noncharacters as U+FFFD (see :func:`encode_keys`).
+    """
     return tf.strings.unicode_encode(codepoints, "UTF-8")
+
+
+# TF bug worked around by encode_keys / key_bytes: UnicodeEncode in TF <= 2.17 (2.12.1 and 2.17.0
+# checked; 2.20.0 and 2.21.0 are fine) treats the 66 Unicode noncharacters (U+FDD0..U+FDEF and the
+# last two code points of every plane, U+nFFFE / U+nFFFF) as invalid and writes U+FFFD for each
+# (with errors="replace", the default), while every other scalar value is written as itself and
+# UnicodeDecode reads noncharacters back as themselves in every release. So " \ufdd0" and " \ufffd"
+# became the same string there: a table keyed by the encoded text (the BPE and SentencePiece word
+# caches, the runtime cache of computed words) answered one with the other's ids, wrong ids that
+# depended on what was served before (the runtime cache) or on the vocab (a static key).
+NONCHAR_BLOCK = (0xFDD0, 0xFDEF)
+KEY_MARK = b"\xff"  # never in valid UTF-8
+
+
+def _nonchar_code(cp: int) -> int:
+    """1..66 for a noncharacter (its index + 1), 0 for anything else."""
+    if NONCHAR_BLOCK[0] <= cp <= NONCHAR_BLOCK[1]:
+        return cp - NONCHAR_BLOCK[0] + 1
+    if (cp & 0xFFFE) == 0xFFFE and 0 <= cp <= MAX_CODEPOINT:
+        return 33 + 2 * (cp >> 16) + (cp & 1)
+    return 0
+
+
+_NONCHAR_RE = re.compile("[\ufdd0-\ufdef" + "".join(chr((p << 16) | 0xFFFE) + chr((p << 16) | 0xFFFF)
+                                                      for p in range(17)) + "]")
+
+
+def key_bytes(text: str) -> bytes:
+    """The table key :func:`encode_keys` gives for ``text`` (for keys built at export time)."""
+    if not _NONCHAR_RE.search(text):
+        return text.encode("utf-8")
+    codes = [_nonchar_code(ord(c)) for c in text]
+    plain = "".join("\ufffd" if k else c for c, k in zip(text, codes))
+    return plain.encode("utf-8") + KEY_MARK + bytes(codes)
+
+
+def encode_keys(codepoints: tf.RaggedTensor) -> tf.Tensor:
+    """int32 code points ``[N, (chars)]`` -> ``tf.string [N]`` table keys, the same in every TF release.
+
+    A row without a noncharacter is its UTF-8 (what every release writes). A row with one is the
+    UTF-8 of the row with each noncharacter written as U+FFFD (what TF <= 2.17 writes), then
+    ``KEY_MARK`` (0xFF, which no UTF-8 has), then one byte per code point: 0, or which of the 66
+    noncharacters it was (1..66). So keys are one-to-one with rows everywhere, and equal to
+    :func:`key_bytes` of the row's text. Batches without a noncharacter (nearly all) pay only for
+    the check.
+    """
+    v = codepoints.flat_values
+    in_block = (v >= NONCHAR_BLOCK[0]) & (v <= NONCHAR_BLOCK[1])
+    nonchar = in_block | (tf.equal(tf.bitwise.bitwise_and(v, 0xFFFE), 0xFFFE) & (v >= 0) & (v <= MAX_CODEPOINT))
+
+    def escaped():
+        code = tf.where(in_block, v - (NONCHAR_BLOCK[0] - 1), 33 + 2 * tf.bitwise.right_shift(v, 16)
+                        + tf.bitwise.bitwise_and(v, 1))
+        code = tf.where(nonchar, code, tf.zeros_like(code))
+        plain = tf.strings.unicode_encode(codepoints.with_flat_values(tf.where(nonchar, REPLACEMENT_CHAR, v)), "UTF-8")
+        marks = tf.strings.unicode_encode(codepoints.with_flat_values(code), "UTF-8")
+        splits = tf.cast(codepoints.row_splits, tf.int64)
+        c = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(tf.cast(nonchar, tf.int64))], 0)
+        row_has = tf.gather(c, splits[1:]) > tf.gather(c, splits[:-1])
+        return tf.where(row_has, tf.strings.join([plain, tf.constant(KEY_MARK), marks]), plain)
+
+    return tf.cond(tf.reduce_any(nonchar), escaped, lambda: tf.strings.unicode_encode(codepoints, "UTF-8"))
 
 
 # ------------------------------------------------------------------------------------ ragged plumbing

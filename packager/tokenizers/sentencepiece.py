@@ -82,6 +82,7 @@ from .common import (
     CodepointMap,
     InGraphTokenizer,
     RangeTable,
+    encode_keys,
     repeat_range,
     rowids,
     splits_from_lengths,
@@ -422,24 +423,24 @@ class UnigramViterbi(tf.Module):
 
         # walk the trie one level per step from every start position at once; only walks still
         # inside the trie and inside their pre-token stay (live: start, end, node)
-        def body(d, live, ta):
+        def body(d, live, hits):
             at = live[:, 0] + tf.cast(d - 1, tf.int64)
             child = tf.cast(self.trie.lookup(live[:, 2] * (1 << 21) + tf.gather(v64, at)), tf.int64)
             piece = tf.gather(node_piece, tf.maximum(child, 0))
             found = (child >= 0) & (piece >= 0)
             # (end position, column of length d) -> piece
             hit = tf.stack([at * lm + (lm - tf.cast(d, tf.int64)), tf.cast(piece, tf.int64)], axis=1)
-            ta = ta.write(d - 1, tf.boolean_mask(hit, found))
+            hits = tf.concat([hits, tf.boolean_mask(hit, found)], 0)
             nxt = tf.stack([live[:, 0], live[:, 1], child], axis=1)
-            return d + 1, tf.boolean_mask(nxt, (child >= 0) & (at + 1 < live[:, 1])), ta
+            return d + 1, tf.boolean_mask(nxt, (child >= 0) & (at + 1 < live[:, 1])), hits
 
         live0 = tf.stack([tf.range(n), row_end, tf.zeros([n], tf.int64)], axis=1)
-        depth, _, ta = tf.while_loop(
-            lambda d, live, ta: (d <= lm) & (tf.shape(live)[0] > 0), body,
-            (tf.constant(1), live0, tf.TensorArray(tf.int64, size=0, dynamic_size=True, element_shape=[None, 2],
-                                                    infer_shape=False)),
-            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 3]), tf.TensorShape(None)))
-        hits = tf.cond(depth > 1, ta.concat, lambda: tf.zeros([0, 2], tf.int64))
+        # the hits are concatenated, not collected in a growing TensorArray: that one needs
+        # TensorListSetItem's resize_if_index_out_of_bounds, which TF <= 2.12 (TF-Serving 2.12) lacks
+        _, _, hits = tf.while_loop(
+            lambda d, live, hits: (d <= lm) & (tf.shape(live)[0] > 0), body,
+            (tf.constant(1), live0, tf.zeros([0, 2], tf.int64)),
+            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, 3]), tf.TensorShape([None, 2])))
         slot = tf.scatter_nd(hits[:, :1], tf.cast(hits[:, 1], tf.int32) - none, tf.reshape(n * lm, [1])) + none
         slot = tf.reshape(slot, tf.stack([n, tf.constant(lm, tf.int64)]))
         # no one-character piece: the character is unknown
@@ -802,7 +803,7 @@ class SentencePieceTokenizer(InGraphTokenizer):
             ids = ids.with_row_splits_dtype(tf.int64)
             return tf.cast(ids.values, tf.int64), ids.row_splits
 
-        ids, lens = self.word_cache.encode(tf.strings.unicode_encode(words, "UTF-8"), compute)
+        ids, lens = self.word_cache.encode(encode_keys(words), compute)
         return tf.RaggedTensor.from_row_splits(ids, splits_from_lengths(lens), validate=False)
 
     @_scoped("sp_pretokenize")
