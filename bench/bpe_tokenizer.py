@@ -63,6 +63,7 @@ def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int) -> di
     import bpe_fixtures as bf
     from packager.oplibs import analyze_saved_model
     from packager.tokenizers import build_tokenizer
+    from packager.tokenizers.common import Standalone
 
     tmp = Path(tempfile.mkdtemp(prefix="bpe-bench-"))
     path, opts = bf.real_tokenizer_file(name, tmp) if name in bf.REAL else bf.save_trained(name, tmp)
@@ -71,17 +72,7 @@ def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int) -> di
     t0 = time.perf_counter()
     tok = build_tokenizer(hf, tmp, max_length)
 
-    class M(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = tok
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-        def tokenize(self, s):
-            ids, mask = self.tok.tokenize(s)
-            return {"input_ids": ids, "attention_mask": mask}
-
-    module = M()
+    module = Standalone(tok)
     module.tokenize.get_concrete_function()
     built = time.perf_counter() - t0
     out = tmp / "sm"

@@ -149,6 +149,7 @@ def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int | None
     import tensorflow as tf
 
     from packager.tokenizers import build_tokenizer
+    from packager.tokenizers.common import Standalone
 
     tmp = Path(tempfile.mkdtemp(prefix="tok-bench-"))
     hf, folder, length, tj_path = load(name, tmp, max_length)
@@ -156,17 +157,7 @@ def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int | None
     t0 = time.perf_counter()
     tok = build_tokenizer(hf, folder, length)
 
-    class M(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = tok
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-        def tokenize(self, s):
-            ids, mask = self.tok.tokenize(s)
-            return {"input_ids": ids, "attention_mask": mask}
-
-    module = M()
+    module = Standalone(tok)
     module.tokenize.get_concrete_function()
     built = time.perf_counter() - t0
     out = tmp / "sm"

@@ -578,21 +578,12 @@ def test_bpe_savedmodel_reloads_in_fresh_process_with_core_ops_only(tmp_path_fac
     import tensorflow as tf
 
     from packager.oplibs import analyze_saved_model
+    from packager.tokenizers.common import Standalone
 
     hf, run, tok = _tokenizer_pair("trained_qwen", tmp_path_factory)
 
-    class M(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = tok
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-        def tokenize(self, s):
-            ids, mask = self.tok.tokenize(s)
-            return {"input_ids": ids, "attention_mask": mask}
-
     out = tmp_path / "sm"
-    tf.saved_model.save(M(), str(out))
+    tf.saved_model.save(Standalone(tok), str(out))
     texts = ADVERSARIAL[:40] + ["hello <|endoftext|> world"]
     e_ids, e_mask = _reference(hf, texts)
     code = textwrap.dedent(f"""

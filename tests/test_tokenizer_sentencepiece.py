@@ -349,22 +349,13 @@ def test_sentencepiece_graph_round_trips_when_saved_and_loaded_without_tf_text(t
 
     from packager.modules.transformer import load_hf_tokenizer
     from packager.source import load_spec
+    from packager.tokenizers.common import Standalone
     from packager.tokenizers.sentencepiece import SentencePieceTokenizer
 
     spec = load_spec(tiny_xlmr).modules[0]
     tok = SentencePieceTokenizer(load_hf_tokenizer(spec, tiny_xlmr), tiny_xlmr, spec.max_seq_length)
 
-    class Holder(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = tok
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-        def tokenize(self, s):
-            ids, mask = self.tok.tokenize(s)
-            return {"input_ids": ids, "attention_mask": mask}
-
-    holder = Holder()
+    holder = Standalone(tok)
     tf.saved_model.save(holder, str(tmp_path / "sm"), signatures={"tokenize": holder.tokenize})
     texts = ADVERSARIAL[:40] + ["a" * 5000]
     (tmp_path / "texts.json").write_text(json.dumps(texts))

@@ -865,3 +865,17 @@ def _merge_piece_ids(is_text: tf.Tensor, text_ids: tf.RaggedTensor, added_ids: t
 # ------------------------------------------------------------------------------------ probing helpers
 
 
+
+
+class Standalone(tf.Module):
+    """An in-graph tokenizer on its own, saveable as a SavedModel: ``tokenize(strings [None]) ->
+    {input_ids, attention_mask}`` (what an export's ``tokenize`` signature runs for single texts)."""
+
+    def __init__(self, tokenizer, name=None):
+        super().__init__(name=name)
+        self.tok = tokenizer
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    def tokenize(self, strings):
+        ids, mask = self.tok.tokenize(strings)
+        return {"input_ids": ids, "attention_mask": mask}
