@@ -64,3 +64,27 @@ def make_long_corpus(n: int = 400, seed: int = 2) -> list[str]:
     truncated to ``max_seq_length`` (256 for the default model) and every batch is fully dense."""
     rng = random.Random(seed)
     return [passage(rng, rng.randint(30, 45)) for _ in range(n)]
+
+
+WORDS = ("the a of to and in is that for it as was with be by on not he this are or his from at which but have "
+         "an they you were her she there been if more when will would who so no out up into do than only can "
+         "search engine embedding vector model serving latency throughput token graph tensor batch query "
+         "document relevance ranking retrieval I'm we'll don't it's 2024 3.5 100% (see) e.g. U.S. café naïve").split()
+
+
+def make_mixed(n: int, seed: int = 0) -> list[str]:
+    """The shipped parity corpus (every fourth text: its traps, scripts and emoji) mixed with word salad
+    with contractions, digits and punctuation: what the BPE tokenizer benchmarks run on."""
+    from packager.verify import load_corpus
+
+    rng = random.Random(seed)
+    base = [s for s in load_corpus(None) if 0 < len(s) < 300]
+    out = []
+    for i in range(n):
+        if i % 4 == 0:
+            out.append(rng.choice(base))
+        else:
+            k = rng.randint(6, 40)
+            s = " ".join(rng.choice(WORDS) for _ in range(k))
+            out.append(s[0].upper() + s[1:] + rng.choice([".", "?", "!", "", "..."]))
+    return out

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/tokenizer_speed.py [--names minilm qwen3 xlmr_real
 Prints one JSON object per tokenizer and writes them to ``bench/results/tokenizers.json``.
 
 * text: ``bench/corpus.py:make_corpus`` (mostly 1-3 sentences, 10% long passages), cut in batches
-  of ``--batch``; ``--text realistic`` uses ``bench/bpe_tokenizer.py``'s mix (shipped corpus + prose).
+  of ``--batch``; ``--text realistic`` uses ``bench/corpus.py:make_mixed`` (shipped corpus + word salad).
 * graph: the tokenizer module's ``tokenize`` in a ``tf.function`` with a ``[None]`` string
   signature (what the export's ``tokenize`` signature runs), warm; HF: ``tokenizer(texts,
   padding=True, truncation=True, max_length=L, return_tensors="np")`` as sentence-transformers
@@ -139,9 +139,9 @@ def texts_for(kind: str, n: int) -> list[str]:
         from bench.corpus import make_corpus
 
         return make_corpus(n)
-    from bench.bpe_tokenizer import realistic
+    from bench.corpus import make_mixed
 
-    return realistic(n)
+    return make_mixed(n)
 
 
 def bench_one(name: str, batch: int, rounds: int, n: int, max_length: int | None, text: str) -> dict:
