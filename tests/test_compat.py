@@ -83,42 +83,33 @@ def export(tmp_path_factory, results):
     return out, manifest
 
 
+# more graph families, each also loaded in every runtime: key -> (model fixture, what the results call it)
+FAMILIES = {
+    "bpe": ("tiny_qwen3_bpe", "tiny Qwen3 decoder embedder with an in-graph byte-level BPE tokenizer"),
+    "sentencepiece": ("tiny_xlmr", "tiny XLM-R encoder with an in-graph SentencePiece (Unigram) tokenizer"),
+}
+
+
 @pytest.fixture(scope="session")
-def bpe_export(exports, tiny_qwen3_bpe, results):
-    """A Qwen3-style graph: byte-level BPE tokenizer (core TF ops only), causal pre-norm decoder, left padding."""
+def family(request, exports, texts, results):
+    """``family(key)`` -> (export dir, manifest, sentence-transformers reference), built once per key."""
     from packager.manifest import read
-
-    out = exports("tiny_qwen3_bpe")
-    results["bpe_graph"] = "tiny Qwen3 decoder embedder with an in-graph byte-level BPE tokenizer"
-    return out, read(out)
-
-
-@pytest.fixture(scope="session")
-def bpe_reference(texts, tiny_qwen3_bpe):
     from packager.verify import reference_embeddings, reference_ids, reference_model
 
-    corpus, _ = texts
-    model = reference_model(tiny_qwen3_bpe)
-    return reference_ids(model, corpus), reference_embeddings(model, corpus), "sentence-transformers"
+    built = {}
 
+    def get(key: str):
+        if key not in built:
+            fixture, what = FAMILIES[key]
+            model = reference_model(request.getfixturevalue(fixture))
+            out = exports(fixture)
+            results[f"{key}_graph"] = what
+            corpus, _ = texts
+            built[key] = (out, read(out), (reference_ids(model, corpus), reference_embeddings(model, corpus),
+                                           "sentence-transformers"))
+        return built[key]
 
-@pytest.fixture(scope="session")
-def sentencepiece_export(exports, tiny_xlmr, results):
-    """An XLM-R-style graph: in-graph SentencePiece Unigram tokenizer (core TF ops only), encoder, mean pooling."""
-    from packager.manifest import read
-
-    out = exports("tiny_xlmr")
-    results["sentencepiece_graph"] = "tiny XLM-R encoder with an in-graph SentencePiece (Unigram) tokenizer"
-    return out, read(out)
-
-
-@pytest.fixture(scope="session")
-def sentencepiece_reference(texts, tiny_xlmr):
-    from packager.verify import reference_embeddings, reference_ids, reference_model
-
-    corpus, _ = texts
-    model = reference_model(tiny_xlmr)
-    return reference_ids(model, corpus), reference_embeddings(model, corpus), "sentence-transformers"
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -199,17 +190,13 @@ def test_compat_export_loads_and_matches_when_checker_accepts_release(pair, expo
 
 
 @pytest.mark.parametrize("pair", RUNTIMES, **PAIR_IDS)
-def test_compat_bpe_decoder_graph_loads_and_matches_when_checker_accepts_release(pair, bpe_export, texts, bpe_reference,
-                                                                                 venvs, results, tmp_path):
-    _check_runtime(pair, *bpe_export, texts, bpe_reference, venvs, results.setdefault("bpe_runtimes", {}), tmp_path)
-
-
-@pytest.mark.parametrize("pair", RUNTIMES, **PAIR_IDS)
-def test_compat_sentencepiece_graph_loads_and_matches_when_checker_accepts_release(pair, sentencepiece_export, texts,
-                                                                                   sentencepiece_reference, venvs,
-                                                                                   results, tmp_path):
-    _check_runtime(pair, *sentencepiece_export, texts, sentencepiece_reference, venvs,
-                   results.setdefault("sentencepiece_runtimes", {}), tmp_path)
+@pytest.mark.parametrize("key", list(FAMILIES))
+def test_compat_graph_family_loads_and_matches_when_checker_accepts_release(key, pair, family, texts, venvs, results,
+                                                                            tmp_path):
+    """A byte-level BPE decoder graph and a SentencePiece graph (their tokenizers are core TF ops) in every runtime."""
+    export_dir, manifest, reference = family(key)
+    _check_runtime(pair, export_dir, manifest, texts, reference, venvs, results.setdefault(f"{key}_runtimes", {}),
+                   tmp_path)
 
 
 def test_compat_check_agrees_with_runtimes_when_every_server_is_checked(export, results):

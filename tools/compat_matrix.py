@@ -105,28 +105,12 @@ def render(results: dict) -> str:
         ignored = [f"{op}.{attr}" for op, attr in r.get("problems", []) if attr]
         if ignored:
             lines.append(f"|  | attrs this TF does not know (ignored at load): {', '.join(ignored)} | | | | | | |")
-    bpe = results.get("bpe_runtimes", {})
-    if bpe:
-        lines += ["", "## A byte-level BPE decoder graph", "",
-                  f"The same runtimes on {results.get('bpe_graph', 'a BPE graph')}: its tokenizer is core TF ops "
-                  "only (no TF-Text library), and the encoder is the pre-norm decoder path.", "",
-                  "| runtime | TF | TF-Text | check | loads | parity |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, r in bpe.items():
-            lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
-                         f"{_parity(r)} |")
-            if r.get("error"):
-                lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
-    sp = results.get("sentencepiece_runtimes", {})
-    if sp:
-        lines += ["", "## A SentencePiece (Unigram) graph", "",
-                  f"The same runtimes on {results.get('sentencepiece_graph', 'a SentencePiece graph')}: its tokenizer "
-                  "is core TF ops only (no TF-Text library).", "",
-                  "| runtime | TF | TF-Text | check | loads | parity |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, r in sp.items():
-            lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
-                         f"{_parity(r)} |")
-            if r.get("error"):
-                lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
+    for key, title, default, what in (
+            ("bpe", "A byte-level BPE decoder graph", "a BPE graph",
+             "its tokenizer is core TF ops only (no TF-Text library), and the encoder is the pre-norm decoder path."),
+            ("sentencepiece", "A SentencePiece (Unigram) graph", "a SentencePiece graph",
+             "its tokenizer is core TF ops only (no TF-Text library).")):
+        lines += _family_table(results, key, title, default, what)
     builds = results.get("venv_builds", {})
     if builds:
         lines += ["", "Venv builds (parallel, cached under `~/.cache/packager/compat/`): "
@@ -185,6 +169,21 @@ def main(argv=None) -> int:
         shutil.copyfile(src, out.with_suffix(".json"))
     print(f"wrote {out}")
     return 0
+
+
+def _family_table(results: dict, key: str, title: str, default: str, what: str) -> list[str]:
+    """The per-runtime table of one more graph family (``<key>_runtimes`` in the results), if run."""
+    rows = results.get(f"{key}_runtimes", {})
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", f"The same runtimes on {results.get(f'{key}_graph', default)}: {what}", "",
+             "| runtime | TF | TF-Text | check | loads | parity |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['tensorflow']} | {r['tensorflow_text']} | {r['check']} | {_yes(r['loaded'])} | "
+                     f"{_parity(r)} |")
+        if r.get("error"):
+            lines.append(f"|  | error: `{_first_line(r['error'])}` | | | | |")
+    return lines
 
 
 if __name__ == "__main__":
