@@ -345,7 +345,7 @@ def _from_npz(z):
 _ALL_CHARS: list[str] = []
 
 
-def _all_chars() -> str:
+def all_chars() -> str:
     """Every code point except the surrogates, as one string (probing order = ``all_codepoints()``)."""
     if not _ALL_CHARS:
         _ALL_CHARS.append("".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, N_CODEPOINTS))))
@@ -375,6 +375,29 @@ class NormalizedTable(NamedTuple):
         return {k: text[sp[i]: sp[i + 1]] for i, k in enumerate(self.keys.tolist())}
 
 
+def normalize_all(norm, separator: str = "0", chunk: int = 8192) -> tuple[list[int], list[str]]:
+    """``(code points, outputs)`` of every code point ``c`` whose ``norm(chr(c))`` differs from it.
+
+    Calls ``norm`` on chunks of code points joined by ``separator`` (a starter that every supported
+    normalizer keeps as is, so nothing reorders or composes across it), and falls back to one call
+    per code point for any chunk that does not split back cleanly.
+    """
+    keys: list[int] = []
+    outs: list[str] = []
+    chars = all_chars()
+    sep_ok = norm(separator * 3) == separator * 3
+    for i in range(0, len(chars), chunk):
+        part = chars[i: i + chunk]
+        parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
+        if parts is None or len(parts) != len(part):
+            parts = [norm(ch) for ch in part]
+        for ch, p in zip(part, parts):
+            if p != ch:
+                keys.append(ord(ch))
+                outs.append(p)
+    return keys, outs
+
+
 def probe_normalizer(normalizer, chunk: int = 8192, separator: str = "0") -> NormalizedTable:
     """``normalizer.normalize_str(chr(c))`` for every code point c (surrogates skipped), fast.
 
@@ -385,21 +408,7 @@ def probe_normalizer(normalizer, chunk: int = 8192, separator: str = "0") -> Nor
     Returns:
         a :class:`NormalizedTable` of every code point whose output differs from itself.
     """
-    keys: list[int] = []
-    outs: list[str] = []
-    if normalizer is not None:
-        norm = normalizer.normalize_str
-        sep_ok = norm(separator * 3) == separator * 3
-        chars = _all_chars()
-        for i in range(0, len(chars), chunk):
-            part = chars[i: i + chunk]
-            parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
-            if parts is None or len(parts) != len(part):
-                parts = [norm(ch) for ch in part]
-            for ch, p in zip(part, parts):
-                if p != ch:
-                    keys.append(ord(ch))
-                    outs.append(p)
+    keys, outs = normalize_all(normalizer.normalize_str, separator, chunk) if normalizer is not None else ([], [])
     lens = np.array([len(o) for o in outs], dtype=np.int64)
     return NormalizedTable(
         np.array(keys, dtype=np.int64),
@@ -421,7 +430,7 @@ def probe_pretokenizer(pre_tokenizer, chunk: int = 8192) -> np.ndarray:
     if pre_tokenizer is None:
         return out
     cps = all_codepoints()
-    chars = _all_chars()
+    chars = all_chars()
     covered = np.zeros(cps.size, dtype=np.int64)
     for i in range(0, len(chars), chunk):
         for _, (s, e) in pre_tokenizer.pre_tokenize_str(chars[i: i + chunk]):

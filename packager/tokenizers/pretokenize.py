@@ -45,9 +45,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UnsupportedError
-
-MAX_CODEPOINT = 0x10FFFF
-N_CODEPOINTS = MAX_CODEPOINT + 1
+from .hf import N_CODEPOINTS, all_chars, all_codepoints
+from .hf import normalize_all as _normalize_all
 
 # GPT-2's pattern, as tokenizers' ByteLevel pre-tokenizer hard-codes it (use_regex=true)
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -56,20 +55,6 @@ UNBOUNDED = 1 << 30  # "no maximum" for a repeat count
 
 
 # ------------------------------------------------------------------------------------ code points
-_ALL_CHARS: list[str] = []
-
-
-def all_codepoints() -> np.ndarray:
-    """Every Unicode scalar value except the surrogates (probing order of :func:`all_chars`)."""
-    cps = np.arange(N_CODEPOINTS, dtype=np.int64)
-    return cps[(cps < 0xD800) | (cps >= 0xE000)]
-
-
-def all_chars() -> str:
-    """Every code point except the surrogates, as one string."""
-    if not _ALL_CHARS:
-        _ALL_CHARS.append("".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, N_CODEPOINTS))))
-    return _ALL_CHARS[0]
 
 
 # ------------------------------------------------------------------------------------ probe cache
@@ -1087,21 +1072,6 @@ def normalizer_steps(spec: dict | None) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------ normalizer tables
-def _normalize_all(norm, separator: str = "0", chunk: int = 8192) -> tuple[list[int], list[str]]:
-    """``norm(chr(c))`` for every code point whose result differs, fast (chunks joined by a starter)."""
-    keys, outs = [], []
-    chars = all_chars()
-    sep_ok = norm(separator * 3) == separator * 3
-    for i in range(0, len(chars), chunk):
-        part = chars[i: i + chunk]
-        parts = norm(separator + separator.join(part) + separator).split(separator)[1:-1] if sep_ok else None
-        if parts is None or len(parts) != len(part):
-            parts = [norm(ch) for ch in part]
-        for ch, p in zip(part, parts):
-            if p != ch:
-                keys.append(ord(ch))
-                outs.append(p)
-    return keys, outs
 
 
 def char_map_table(kind: str) -> dict[int, list[int]]:
