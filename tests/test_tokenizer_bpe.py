@@ -56,6 +56,19 @@ ADVERSARIAL = [
 _CACHE: dict = {}
 
 
+def _runner(tok):
+    """``texts -> (ids, mask)`` numpy arrays through ``tok.tokenize`` traced as the export traces it."""
+    import tensorflow as tf
+
+    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+
+    def run(texts):
+        ids, mask = fn(tf.constant(list(texts), tf.string))
+        return ids.numpy(), mask.numpy()
+
+    return run
+
+
 def _tokenizer_pair(name: str, tmp_path_factory):
     """(hf tokenizer, in-graph tokenize fn(list of str|bytes) -> (ids, mask) numpy, BPETokenizer)."""
     if name not in _CACHE:
@@ -65,7 +78,6 @@ def _tokenizer_pair(name: str, tmp_path_factory):
 
 def _build_pair(name: str, tmp_path_factory):
     """A fresh :func:`_tokenizer_pair` (its own graph and runtime cache), not kept."""
-    import tensorflow as tf
 
     from packager.tokenizers import build_tokenizer
 
@@ -76,12 +88,7 @@ def _build_pair(name: str, tmp_path_factory):
         path, opts = bf.real_tokenizer_file(name, tmp)
     hf = bf.hf_fast(path, opts)
     tok = build_tokenizer(hf, tmp, L)
-    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-
-    def run(texts):
-        ids, mask = fn(tf.constant(list(texts), tf.string))
-        return ids.numpy(), mask.numpy()
-
+    run = _runner(tok)
     return hf, run, tok
 
 
@@ -348,7 +355,6 @@ def test_bpe_ids_equal_hf_when_batches_all_cached_all_missed_or_mixed(name, tmp_
 @pytest.mark.parametrize("words", [0, 3, 1 << 16])
 def test_bpe_ids_equal_hf_when_runtime_cache_off_tiny_or_large(words, tmp_path, monkeypatch):
     """Remembered chunks give what computing them gives: batches twice, the cache full or off."""
-    import tensorflow as tf
 
     from packager.tokenizers import bpe as bpe_mod
     from packager.tokenizers import build_tokenizer
@@ -359,12 +365,7 @@ def test_bpe_ids_equal_hf_when_runtime_cache_off_tiny_or_large(words, tmp_path, 
     tok = build_tokenizer(hf, tmp_path, L)
     runtime = tok.chunks.cache.runtime
     assert (runtime is None) == (words == 0)
-    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-
-    def run(texts):
-        ids, mask = fn(tf.constant(list(texts), tf.string))
-        return ids.numpy(), mask.numpy()
-
+    run = _runner(tok)
     rng = random.Random(5)
     texts = v.load_corpus(None) + ADVERSARIAL
     for _ in range(3):
@@ -435,19 +436,13 @@ def test_bpe_ids_equal_hf_whatever_ran_before_when_noncharacters(name, old_encod
 
 
 def _metaspace_pair(base: Path, tmp: Path, scheme: str, split: bool, opts: dict, normalizer=None):
-    import tensorflow as tf
 
     from packager.tokenizers import build_tokenizer
 
     path = bf.metaspace_variant(base, tmp / f"metaspace-{scheme}-{split}.json", scheme, split, normalizer)
     hf = bf.hf_fast(path, opts)
     tok = build_tokenizer(hf, tmp, L)
-    fn = tf.function(tok.tokenize, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
-
-    def run(texts):
-        ids, mask = fn(tf.constant(list(texts), tf.string))
-        return ids.numpy(), mask.numpy()
-
+    run = _runner(tok)
     return hf, run
 
 
