@@ -235,7 +235,11 @@ def serve(kind: str, spec: dict, inp, out) -> int:
                         outs.append(e)
                 seconds = time.perf_counter() - start
                 if keep:
-                    np.save(keep, np.concatenate([np.asarray(o, dtype=np.float32) for o in outs]))
+                    arrays = [np.asarray(o, dtype=np.float32) for o in outs]
+                    width = max(a.shape[1] for a in arrays) if arrays and arrays[0].ndim == 2 else None
+                    if width is not None:  # token ids: each batch is padded to its own longest row
+                        arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1) for a in arrays]
+                    np.save(keep, np.concatenate(arrays))
                 answer({"ok": True, "seconds": seconds, "n": len(data), "lat_ms": [x * 1e3 for x in lat]})
             else:
                 answer({"ok": False, "error": f"unknown op {op!r}"})

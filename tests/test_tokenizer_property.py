@@ -2,7 +2,9 @@
 
 Hypothesis draws batches of strings from every Unicode plane (surrogates excluded: a Python str
 that reaches a server is valid UTF-8), mixed with the fragments that broke emulations before
-(special-token text, NUL, control and zero-width characters, combining marks, odd spaces).
+(special-token text, NUL, control and zero-width characters, combining marks, odd spaces, BPE's
+contractions, digit and whitespace runs). Models: WordPiece (cased, uncased), SentencePiece, and
+byte-level BPE (Qwen3-style with an appended EOS and left padding, RoBERTa-style).
 Any mismatch fails; shrunk failures are kept below as ``@example`` regression cases.
 """
 from __future__ import annotations
@@ -22,6 +24,9 @@ FRAGMENTS = [
     "\x00", "\t", "\n", "\r", "\x0b", "\x1c", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b", "\u200d",
     "\ufeff", "\ufffd", "\ue000", "\u0301", "\u0308", "Σ", "ς", "ß", "ẞ", "İ", "ǅ", "ﬁ", "½", "…", "™",
     "中", "😀", "👍🏽", "🇫🇷", "a" * 99, "é" * 101, "..", "--", "@", "#", "'", "  ",
+    # byte-level BPE traps: contractions, digit runs, whitespace runs (GPT-2's \s+(?!\S)), ZWJ emoji,
+    # noncharacters (TF <= 2.17 wrote them as U+FFFD), the decoders' end-of-text token
+    "'s", "'LL", "'re", "123", "45678", " \t ", "\r\n", "👨‍👩‍👧", "\ufdd0", "\uffff", "<|endoftext|>",
 ]
 
 _text = st.lists(
@@ -35,7 +40,8 @@ _text = st.lists(
 BATCHES = st.lists(_text, min_size=1, max_size=16)
 
 
-@pytest.fixture(scope="module", params=["default_model_dir", "tiny_xlmr", "tiny_mpnet", "tiny_bert_cased_dense"])
+@pytest.fixture(scope="module", params=["default_model_dir", "tiny_xlmr", "tiny_mpnet", "tiny_bert_cased_dense",
+                                        "tiny_qwen3_bpe", "tiny_roberta_bpe"])
 def pair(request):
     """(in-graph tokenize function, reference SentenceTransformer) for one model."""
     model_dir = request.getfixturevalue(request.param)
