@@ -43,9 +43,14 @@ def serving_environment(precision: str) -> dict[str, str]:
     Raises:
         UnsupportedError: an unknown precision.
     """
-    if precision not in SERVING_ENVIRONMENT:
+    return dict(SERVING_ENVIRONMENT[_known(precision)])
+
+
+def _known(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`; else an :class:`UnsupportedError`."""
+    if precision not in PRECISIONS:
         raise UnsupportedError(f"unsupported precision {precision!r}. Supported: {', '.join(PRECISIONS)}")
-    return dict(SERVING_ENVIRONMENT[precision])
+    return precision
 
 
 def cpu_flags(cpuinfo: str | Path | None = None) -> set[str]:
@@ -72,9 +77,7 @@ def check_precision(precision: str, cpuinfo: str | Path | None = None) -> str:
     Raises:
         UnsupportedError: an unknown precision, or ``bf16`` on a CPU without bfloat16 matmuls.
     """
-    if precision not in PRECISIONS:
-        raise UnsupportedError(f"unsupported precision {precision!r}. Supported: {', '.join(PRECISIONS)}")
-    if precision == "bf16" and not bf16_supported(cpuinfo):
+    if _known(precision) == "bf16" and not bf16_supported(cpuinfo):
         raise UnsupportedError(
             "precision 'bf16' needs a CPU with native bfloat16 matmuls (cpu flag avx512_bf16 or amx_bf16; "
             f"{cpuinfo or CPUINFO} lists neither): oneDNN would emulate bfloat16 far slower than float32. "
