@@ -84,9 +84,9 @@ class Variant:
         if "attn-heads" in atoms:
             h, d, H = enc.num_heads, enc.head_dim, enc.hidden_size
             self.qkv_heads = [tf.constant(np.ascontiguousarray(
-                layer.qkv_w.numpy().reshape(H, 3 * h, d).transpose(1, 0, 2))) for layer in enc.layers]
-            self.qkv_b_heads = [tf.constant(layer.qkv_b.numpy().reshape(3 * h, 1, d)) for layer in enc.layers]
-            self.o_heads = [tf.constant(layer.o_w.numpy().reshape(h, d, H)) for layer in enc.layers]
+                layer.qkv.kernel.numpy().reshape(H, 3 * h, d).transpose(1, 0, 2))) for layer in enc.layers]
+            self.qkv_b_heads = [tf.constant(layer.qkv.bias.numpy().reshape(3 * h, 1, d)) for layer in enc.layers]
+            self.o_heads = [tf.constant(layer.attention_output.kernel.numpy().reshape(h, d, H)) for layer in enc.layers]
 
     def __call__(self, ids, mask):
         import tensorflow as tf
@@ -127,7 +127,7 @@ class Variant:
         for i, layer in enumerate(enc.layers):
             if gathered:
                 heads, d = enc.num_heads, enc.head_dim
-                qkv = tf.reshape(tf.nn.bias_add(tf.matmul(h, layer.qkv_w), layer.qkv_b), [-1, d])
+                qkv = tf.reshape(tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias), [-1, d])
                 if "attn-gather3" in self.atoms:
                     q, k, v = (tf.reshape(tf.gather(qkv, g), [batch, heads, seq, d]) for g in gather_in)
                 else:
@@ -137,16 +137,16 @@ class Variant:
                     scores = scores + bias
                 ctx = tf.reshape(tf.matmul(self._softmax(scores), v), [-1, d])  # rows (b, head, t)
                 context = tf.reshape(tf.gather(ctx, gather_out), [-1, enc.hidden_size])
-                attn = tf.nn.bias_add(tf.matmul(context, layer.o_w), layer.o_b)
+                attn = tf.nn.bias_add(tf.matmul(context, layer.attention_output.kernel), layer.attention_output.bias)
             elif "attn-heads" in self.atoms:
                 attn = self._attention_heads(i, h, bias, batch, seq, pack, unpack, layer)
             else:
-                qkv = unpack(tf.nn.bias_add(tf.matmul(h, layer.qkv_w), layer.qkv_b))
+                qkv = unpack(tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias))
                 context = pack(self._attention(qkv, bias, batch, seq))
-                attn = tf.nn.bias_add(tf.matmul(context, layer.o_w), layer.o_b)
+                attn = tf.nn.bias_add(tf.matmul(context, layer.attention_output.kernel), layer.attention_output.bias)
             h = self.ln(attn + h, layer.attn_ln_g, layer.attn_ln_b, enc.eps)
-            ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in_w), layer.ffn_in_b))
-            ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out_w), layer.ffn_out_b)
+            ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in.kernel), layer.ffn_in.bias))
+            ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out.kernel), layer.ffn_out.bias)
             h = self.ln(ffn + h, layer.out_ln_g, layer.out_ln_b, enc.eps)
         if not single:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
@@ -226,7 +226,7 @@ class Variant:
         ctx = tf.reshape(tf.matmul(tf.nn.softmax(scores, axis=-1), v), [heads, -1, d])  # [h, B*T, d]
         if bias is not None:
             ctx = tf.transpose(pack(tf.transpose(ctx, [1, 0, 2])), [1, 0, 2])
-        return tf.reduce_sum(tf.matmul(ctx, self.o_heads[i]), axis=0) + layer.o_b
+        return tf.reduce_sum(tf.matmul(ctx, self.o_heads[i]), axis=0) + layer.attention_output.bias
 
 
 # ----------------------------------------------------------------------------- harness

@@ -130,7 +130,7 @@ def lean_row(enc, ids, pad_to: int | None = None):
     act = ACTIVATIONS[enc.activation]
     heads, d, hidden = enc.num_heads, enc.head_dim, enc.hidden_size
     for layer in enc.layers:
-        qkv = tf.nn.bias_add(tf.matmul(h, layer.qkv_w), layer.qkv_b)  # [T, 3H]
+        qkv = tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias)  # [T, 3H]
         q, k, v = tf.unstack(tf.transpose(tf.reshape(qkv, [n, 3, heads, d]), [1, 2, 0, 3]))  # [heads, T, d]
         scores = tf.matmul(q, k, transpose_b=True)  # Q carries 1/sqrt(d)
         if rel is not None:
@@ -139,10 +139,10 @@ def lean_row(enc, ids, pad_to: int | None = None):
             scores = scores + bias
         ctx = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [heads, T, d]
         ctx = tf.reshape(tf.transpose(ctx, [1, 0, 2]), [n, hidden])
-        attn = tf.nn.bias_add(tf.matmul(ctx, layer.o_w), layer.o_b)
+        attn = tf.nn.bias_add(tf.matmul(ctx, layer.attention_output.kernel), layer.attention_output.bias)
         h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, enc.eps)
-        ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in_w), layer.ffn_in_b))
-        ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out_w), layer.ffn_out_b)
+        ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in.kernel), layer.ffn_in.bias))
+        ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out.kernel), layer.ffn_out.bias)
         h = layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, enc.eps)
     if pad_to:
         h = h[:seq]

@@ -350,14 +350,17 @@ def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, inf
     from packager.serve import TritonServer
     from packager.targets import build_from_export
 
+    from packager.settings import thread_split
+
+    # What packager's stacks set for `threads` cores (intra x inter), unless intra-op threads are given.
+    intra, inter = (intra_op_threads, 1) if intra_op_threads else thread_split(threads)
     repo = Path(tempfile.mkdtemp(prefix="served-repo-", dir=workdir))
     model_dir = build_from_export(export_dir, target="triton", output=repo, name="bench", force=True,
                                   max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                                  intra_op_threads=intra_op_threads or threads, inter_op_threads=1,
-                                  instance_count=instance_count)
+                                  intra_op_threads=intra, inter_op_threads=inter, instance_count=instance_count)
     config = {"triton": {"backend": "python", "max_batch_size": max_batch_size, "instance_count": instance_count,
-                         "max_queue_delay_us": max_queue_delay_us, "intra_op_threads": intra_op_threads or threads,
-                         "inter_op_threads": 1},
+                         "max_queue_delay_us": max_queue_delay_us, "intra_op_threads": intra,
+                         "inter_op_threads": inter},
               "infinity": {"engine": "optimum", "pooling_method": "mean", "batch_size": 32},
               "texts": len(texts), "rounds": rounds, "request": "one sentence, JSON over HTTP/1.1 keep-alive",
               "concurrency": list(concurrency)}

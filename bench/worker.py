@@ -44,11 +44,16 @@ def make_graph(spec):
     """The exported SavedModel in-process: ``serving_default`` (or ``tokenize``) on raw strings."""
     import tensorflow as tf
 
-    n = _threads()
-    tf.config.threading.set_intra_op_parallelism_threads(n)
-    tf.config.threading.set_inter_op_parallelism_threads(int(spec.get("inter_op", 1)))
     sys.path.insert(0, spec["root"])
     from packager.graph import load
+    from packager.settings import thread_split
+
+    # The same cores as every contender, split as packager's serving targets split them (intra x inter);
+    # a spec's "inter_op" keeps all the cores per op with that many inter-op threads (bench/levers.py).
+    n = _threads()
+    intra, inter = (n, int(spec["inter_op"])) if "inter_op" in spec else thread_split(n)
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     graph = load(spec["export_dir"])
     if spec.get("mode") == "tokenize":
@@ -62,7 +67,7 @@ def make_graph(spec):
         def embed(texts):
             return serve(input_sequence=tf.constant(texts))["sentence_embedding"].numpy()
 
-    return embed, {"tensorflow": tf.__version__}
+    return embed, {"tensorflow": tf.__version__, "intra_op_threads": intra, "inter_op_threads": inter}
 
 
 def make_st(spec):

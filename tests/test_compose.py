@@ -66,7 +66,8 @@ def test_render_compose_secures_triton_stack_when_defaults_used():
     for flag in ("--model-repository=/models", "--model-control-mode=none", "--disable-auto-complete-config",
                  "--backend-config=python,shm-default-byte-size=4194304"):
         assert flag in cmd
-    assert svc["environment"]["TF_NUM_INTRAOP_THREADS"] == "2"
+    # threads=2: 1 intra-op x 2 inter-op threads (packager.settings.thread_split)
+    assert svc["environment"]["TF_NUM_INTRAOP_THREADS"] == "1" and svc["environment"]["TF_NUM_INTEROP_THREADS"] == "2"
     test = svc["healthcheck"]["test"]
     assert test[:3] == ["CMD", "bash", "-c"] and "/v2/health/ready" in test[3]
     assert svc["build"] == {"context": ".", "dockerfile": "Dockerfile"}
@@ -91,7 +92,7 @@ def test_render_compose_sets_tfserving_flags_when_target_is_tfserving():
     assert svc["volumes"][0]["source"] == "../../tfserving_models" and svc["volumes"][0]["read_only"] is True
     for flag in ("--port=8500", "--rest_api_port=8501", "--model_config_file=/models/models.config",
                  "--enable_batching=true", "--batching_parameters_file=/models/batching_parameters.txt",
-                 "--tensorflow_intra_op_parallelism=4", "--tensorflow_inter_op_parallelism=2"):
+                 "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=2"):
         assert flag in svc["command"]
     assert "/v1/models/minilm" in svc["healthcheck"]["test"][3]
 

@@ -862,3 +862,30 @@ def test_bf16_encoder_keeps_kernels_in_bfloat16_and_stays_close_to_fp32_when_cpu
     assert not b[~real].any()
     one = _run(half, ids[:1, : MIXED[0]], mask[:1, : MIXED[0]])  # the dense single-row path in bf16
     assert np.abs(one[0] - b[0, : MIXED[0]]).max() < 0.1 * np.abs(a[real]).max()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_qwen3"])
+def test_every_projection_is_held_in_parts_that_concatenate_to_its_checkpoint_weight_when_built(fixture, request):
+    """Each projection is PROJECTION_PARTS column parts (separate MatMuls the executor runs at once,
+    packager.settings.thread_split); together they are the checkpoint's weight, column for column."""
+    from packager.encoders.layers import Projection
+    from packager.settings import PROJECTION_PARTS
+
+    model_dir = request.getfixturevalue(fixture)
+    cfg = _hf_config(model_dir)
+    enc = _encoder(model_dir)
+    ckpt = load_weights(Path(model_dir) / "model.safetensors")
+    projections = [m for m in enc.submodules if isinstance(m, Projection)]
+    assert projections
+    layer0 = enc.layers[0]
+    if fixture == "tiny_bert":
+        expected = {layer0.ffn_in: ckpt["encoder.layer.0.intermediate.dense.weight"].T,
+                    layer0.ffn_out: ckpt["encoder.layer.0.output.dense.weight"].T}
+        assert len(projections) == 4 * cfg["num_hidden_layers"]
+    else:
+        expected = {layer0.down: ckpt["layers.0.mlp.down_proj.weight"].T,
+                    layer0.attention_output: ckpt["layers.0.self_attn.o_proj.weight"].T}
+        assert len(layer0.gate.kernels) == len(layer0.up.kernels) == 1  # gate and up: two projections at once
+    for proj, weight in expected.items():
+        assert len(proj.kernels) == PROJECTION_PARTS
+        np.testing.assert_array_equal(np.concatenate([k.numpy() for k in proj.kernels], axis=1), weight)

@@ -86,3 +86,12 @@ def test_cli_keeps_real_errors_on_stderr_when_noise_is_filtered(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_env())
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: ") and "not a packager export" in out.stderr
+
+
+@pytest.mark.parametrize("cores, expected", [(1, (1, 1)), (2, (1, 2)), (3, (1, 2)), (8, (4, 2)), (0, (1, 1))])
+def test_thread_split_gives_one_inter_op_thread_per_projection_part_and_shares_the_cores_when_asked(cores, expected):
+    from packager.settings import PROJECTION_PARTS, thread_split
+
+    intra, inter = thread_split(cores)
+    assert (intra, inter) == expected
+    assert inter == min(max(cores, 1), PROJECTION_PARTS) and intra * inter <= max(cores, 1)

@@ -29,6 +29,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from ..settings import PROJECTION_PARTS
 from .activations import ACTIVATIONS, activation, check_activation  # noqa: F401 - the one table, re-exported
 from .spec import LayerWeights, PostLNWeights
 
@@ -99,6 +100,56 @@ def project(x, kernel, bias=None, act=None, out_dtype=tf.float32):
     if act is not None:
         y = act(y)
     return y if y.dtype == out_dtype else tf.cast(y, out_dtype)
+
+
+# Every projection's output columns are split into PROJECTION_PARTS kernels (packager.settings), each
+# its own MatMul (+ BiasAdd (+ activation)) op, concatenated after. Each output column is the same dot
+# product as before, so the arithmetic is unchanged (float rounding aside); what changes is that TF's
+# executor runs the parts at once on its inter-op threads, each on its own core, without oneDNN's
+# per-op fork/join across cores (which costs more than it gains at these sizes). On 2 cores, with
+# 1 intra-op x 2 inter-op threads (packager.settings.thread_split, what every serving target sets)
+# against one kernel on 2 intra-op threads: 1.27x at batch 1, 1.1-1.3x batched (docs/performance.md,
+# "Projections in parts").
+
+
+class Projection(tf.Module):
+    """``act(x @ kernel + bias)`` with ``kernel``'s output columns held in :data:`PROJECTION_PARTS` variables.
+
+    Args:
+        kernel: ``[in, out]`` (numpy; the graph computes ``x @ kernel``). Column slices are copied
+            into the variables one part at a time.
+        bias: ``[out]`` or None.
+        name: the variables are ``{name}_kernel_{i}`` and ``{name}_bias_{i}``.
+        dtype: the kernels' and biases' dtype (``kernel_dtype(precision)``).
+        parts: how many column parts (at most ``out``).
+    """
+
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, name: str, dtype=tf.float32,
+                 parts: int = PROJECTION_PARTS):
+        super().__init__(name=name)
+        cols = [c for c in np.array_split(np.arange(kernel.shape[1]), max(1, parts)) if len(c)]
+        bounds = [(int(c[0]), int(c[-1]) + 1) for c in cols]
+        self.kernels = [variable(kernel[:, lo:hi], f"{name}_kernel_{i}", dtype) for i, (lo, hi) in enumerate(bounds)]
+        self.biases = [None if bias is None else variable(bias[lo:hi], f"{name}_bias_{i}", dtype)
+                       for i, (lo, hi) in enumerate(bounds)]
+
+    @property
+    def dtype(self):
+        return self.kernels[0].dtype
+
+    @property
+    def kernel(self):
+        """The whole ``[in, out]`` kernel as one tensor (a concat: for inspection, not the serving path)."""
+        return tf.concat(self.kernels, axis=1)
+
+    @property
+    def bias(self):
+        """The whole ``[out]`` bias (a concat), or None."""
+        return None if self.biases[0] is None else tf.concat(self.biases, axis=0)
+
+    def __call__(self, x, act=None, out_dtype=tf.float32):
+        outs = [project(x, k, b, act, out_dtype) for k, b in zip(self.kernels, self.biases)]
+        return outs[0] if len(outs) == 1 else tf.concat(outs, axis=-1)
 
 
 
@@ -301,16 +352,13 @@ class Layer(tf.Module):
         # torch Linear computes x @ W.T: store W.T so the graph does a plain x @ W.
         qkv_w = np.concatenate([w.q_w.T * scale, w.k_w.T, w.v_w.T], axis=1)
         qkv_b = np.concatenate([w.q_b * scale, w.k_b, w.v_b])
-        self.qkv_w = variable(qkv_w, "qkv_kernel", kd)
-        self.qkv_b = variable(qkv_b, "qkv_bias", kd)
-        self.o_w = variable(w.o_w.T, "attention_output_kernel", kd)
-        self.o_b = variable(w.o_b, "attention_output_bias", kd)
+        self.qkv = Projection(qkv_w, qkv_b, "qkv", kd)
+        del qkv_w
+        self.attention_output = Projection(w.o_w.T, w.o_b, "attention_output", kd)
         self.attn_ln_g = variable(w.attn_ln_g, "attention_layer_norm_gamma")
         self.attn_ln_b = variable(w.attn_ln_b, "attention_layer_norm_beta")
-        self.ffn_in_w = variable(w.ffn_in_w.T, "ffn_in_kernel", kd)
-        self.ffn_in_b = variable(w.ffn_in_b, "ffn_in_bias", kd)
-        self.ffn_out_w = variable(w.ffn_out_w.T, "ffn_out_kernel", kd)
-        self.ffn_out_b = variable(w.ffn_out_b, "ffn_out_bias", kd)
+        self.ffn_in = Projection(w.ffn_in_w.T, w.ffn_in_b, "ffn_in", kd)
+        self.ffn_out = Projection(w.ffn_out_w.T, w.ffn_out_b, "ffn_out", kd)
         self.out_ln_g = variable(w.out_ln_g, "output_layer_norm_gamma")
         self.out_ln_b = variable(w.out_ln_b, "output_layer_norm_beta")
 
@@ -397,12 +445,12 @@ class PostLNEncoder(ChunkedEncoder):
         act = ACTIVATIONS[self.activation]
         mid = kernel_dtype(self.precision)  # the FFN's inner activations stay in the kernels' dtype
         for layer in self.layers:
-            qkv = project(h, layer.qkv_w, layer.qkv_b)  # [N, 3H]
+            qkv = layer.qkv(h)  # [N, 3H]
             context = self._attention(qkv, bias, batch, seq, gather_in, gather_out)  # [N, H]
-            attn = project(context, layer.o_w, layer.o_b)
+            attn = layer.attention_output(context)
             h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, self.eps)
-            ffn = project(h, layer.ffn_in_w, layer.ffn_in_b, act, out_dtype=mid)
-            ffn = project(ffn, layer.ffn_out_w, layer.ffn_out_b)
+            ffn = layer.ffn_in(h, act, out_dtype=mid)
+            ffn = layer.ffn_out(ffn)
             h = layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, self.eps)
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)

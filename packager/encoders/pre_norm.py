@@ -27,11 +27,11 @@ from .activations import activation
 from .layers import (
     MASK_VALUE,
     ChunkedEncoder,
+    Projection,
     build_layers,
     kernel_dtype,
     layer_norm,
     packing,
-    project,
     rms_norm,
     take,
     variable,
@@ -50,7 +50,7 @@ def _concat_t(mats, biases):
 
 
 class PreNormLayerModule(tf.Module):
-    """One layer's variables: fused ``[H, (Hq + 2 Hkv) d]`` QKV and ``[H, 2I]`` gate|up kernels.
+    """One layer's variables: a fused ``[H, (Hq + 2 Hkv) d]`` QKV projection, and gate and up as two.
 
     The attention scale ``1/sqrt(head_dim)`` is folded into the q-norm weight when there is one
     (the norm would undo a scale put before it), else into the Q columns; rotary embedding is
@@ -73,17 +73,13 @@ class PreNormLayerModule(tf.Module):
             qkv_w[:, :q_out] *= scale
             if qkv_b is not None:
                 qkv_b[:q_out] *= scale
-        self.qkv_w = variable(qkv_w, "qkv_kernel", kd)
+        self.qkv = Projection(qkv_w, qkv_b, "qkv", kd)
         del qkv_w
-        self.qkv_b = None if qkv_b is None else variable(qkv_b, "qkv_bias", kd)
-        self.o_w = variable(w.o_w.T, "attention_output_kernel", kd)
-        self.o_b = None if w.o_b is None else variable(w.o_b, "attention_output_bias", kd)
-        gu_w, gu_b = _concat_t([w.gate_w, w.up_w], [w.gate_b, w.up_b])
-        self.gate_up_w = variable(gu_w, "gate_up_kernel", kd)
-        del gu_w
-        self.gate_up_b = None if gu_b is None else variable(gu_b, "gate_up_bias", kd)
-        self.down_w = variable(w.down_w.T, "down_kernel", kd)
-        self.down_b = None if w.down_b is None else variable(w.down_b, "down_bias", kd)
+        self.attention_output = Projection(w.o_w.T, w.o_b, "attention_output", kd)
+        # Gate and up are two projections, computed at once by the executor (see PROJECTION_PARTS).
+        self.gate = Projection(w.gate_w.T, w.gate_b, "gate", kd, parts=1)
+        self.up = Projection(w.up_w.T, w.up_b, "up", kd, parts=1)
+        self.down = Projection(w.down_w.T, w.down_b, "down", kd)
         self.attn_norm = _norm_variables(w.attn_norm, "attn_norm")
         self.mlp_norm = _norm_variables(w.mlp_norm, "mlp_norm")
         self.rope_theta = float(w.rope_theta)
@@ -191,7 +187,7 @@ class PreNormEncoder(ChunkedEncoder):
         h = self._norm(h, self.embed_norm)
         for layer in self.layers:
             x = self._norm(h, layer.attn_norm)
-            qkv = tf.reshape(project(x, layer.qkv_w, layer.qkv_b), [-1, Hq + 2 * Hkv, d])
+            qkv = tf.reshape(layer.qkv(x), [-1, Hq + 2 * Hkv, d])
             qk, v = qkv[:, :Hq + Hkv], qkv[:, Hq + Hkv:]
             if layer.qk_norm is not None:
                 qk = rms_norm(qk, layer.qk_norm, self.eps)
@@ -200,11 +196,10 @@ class PreNormEncoder(ChunkedEncoder):
             qk = qk * cos + tf.concat([qk[..., half:], qk[..., :half]], -1) * sin
             heads = tf.reshape(unpack(tf.concat([qk, v], 1)), [batch, seq, Hq + 2 * Hkv, d])
             context = self._attention(heads, biases[layer.pattern], batch, seq)  # [B*T, Hq*d]
-            h = h + project(pack(context), layer.o_w, layer.o_b)
+            h = h + layer.attention_output(pack(context))
             x = self._norm(h, layer.mlp_norm)
-            gate_up = project(x, layer.gate_up_w, layer.gate_up_b, out_dtype=layer.gate_up_w.dtype)
-            gate, up = tf.split(gate_up, 2, axis=-1)
-            h = h + project(act(gate) * up, layer.down_w, layer.down_b)
+            gate, up = layer.gate(x, out_dtype=layer.gate.dtype), layer.up(x, out_dtype=layer.up.dtype)
+            h = h + layer.down(act(gate) * up)
         h = self._norm(h, self.final_norm)
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)

@@ -33,6 +33,7 @@ from typing import Any
 from ..encoders.precision import PRECISIONS, serving_environment
 from ..errors import TargetError
 from ..servers import default_image
+from ..settings import thread_split
 from ..templating import render_template
 from ..writer import write_tree
 
@@ -72,7 +73,8 @@ class StackOptions:
             8501, gRPC 8500; metrics_port None leaves Triton's metrics unpublished).
         mem_limit, cpus, pids_limit, shm_size: container limits (the Python backend talks to its stub
             over /dev/shm, so its size bounds the largest batch in flight).
-        threads: TensorFlow intra-op threads (inter-op gets 1 when threads <= 2, else 2).
+        threads: the cores TensorFlow uses in all, split into intra-op x inter-op threads by
+            :func:`packager.settings.thread_split` (2 -> 1 x 2: the graph's projection parts run at once).
         precision: the served export's precision (its manifest's ``precision``): a ``"bf16"`` export's
             server gets :func:`packager.encoders.precision.serving_environment`'s variables too.
         user: ``uid:gid`` the server runs as (the official Triton images' non-root user is 1000).
@@ -239,7 +241,7 @@ def server_command(o: StackOptions) -> list[str]:
                 "--backend-config=python,shm-growth-byte-size=1048576",
             ]
         return cmd
-    inter = 1 if o.threads <= 2 else 2
+    intra, inter = thread_split(o.threads)
     return [
         f"--port={TFSERVING_PORTS['grpc']}",
         f"--rest_api_port={TFSERVING_PORTS['rest']}",
@@ -249,20 +251,20 @@ def server_command(o: StackOptions) -> list[str]:
         "--enable_batching=true",
         f"--batching_parameters_file={mount}/{o.batching_parameters}",
         "--enable_model_warmup=true",
-        f"--tensorflow_intra_op_parallelism={o.threads}",
+        f"--tensorflow_intra_op_parallelism={intra}",
         f"--tensorflow_inter_op_parallelism={inter}",
     ]
 
 
 def server_environment(o: StackOptions) -> dict[str, str]:
     """The server's environment (the compose stack's and the Kubernetes pod's)."""
-    inter = 1 if o.threads <= 2 else 2
+    intra, inter = thread_split(o.threads)
     return {
         # TensorFlow reads these at start-up (both the TF backend and TF inside the Python backend);
         # TF-Serving takes its thread counts as flags instead (server_command).
-        **({"TF_NUM_INTRAOP_THREADS": str(o.threads),
+        **({"TF_NUM_INTRAOP_THREADS": str(intra),
             "TF_NUM_INTEROP_THREADS": str(inter),
-            "OMP_NUM_THREADS": str(o.threads),
+            "OMP_NUM_THREADS": str(intra),
             "TF_CPP_MIN_LOG_LEVEL": "1"} if o.target == "triton" else {}),
         # oneDNN fuses MatMul + BiasAdd + GELU (TF leaves it off on CPUs without AVX-512; bench/).
         "TF_ENABLE_ONEDNN_OPTS": "1",
@@ -311,7 +313,6 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
              ("grpc", o.grpc_port, TRITON_PORTS["grpc"] if o.target == "triton" else TFSERVING_PORTS["grpc"])]
     if o.metrics_port:
         ports.append(("metrics", o.metrics_port, TRITON_PORTS["metrics"]))
-    inter = 1 if o.threads <= 2 else 2
     ctx = dict(
         o=o,
         opts={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o).items()},
@@ -324,7 +325,6 @@ def render_compose(options: StackOptions = StackOptions(), **overrides: Any) -> 
         published=[(name, host) for name, host, _ in ports],
         environment=server_environment(o),
         gpu_count=o.gpu_count,
-        inter=inter,
     )
     return {
         "docker-compose.yml": render_template("compose/docker-compose.yml.j2", **ctx),

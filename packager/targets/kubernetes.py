@@ -105,7 +105,7 @@ class KubernetesOptions:
         target_cpu_utilization: percent of the CPU request the autoscaler aims for.
         target_queue_time_us: average queue time per request (microseconds) the queue-time variant aims for.
         cpu_request, cpu_limit, memory_request, memory_limit: the server's resources (quantities).
-        threads: TensorFlow intra-op threads (as in the compose stack; inter-op gets 1 when <= 2, else 2).
+        threads: the cores TensorFlow uses in all (as in the compose stack: :func:`packager.settings.thread_split`).
         precision: the served export's precision (``packager build`` sets it from the export): a
             ``"bf16"`` export's pods get the compose stack's bf16 environment too.
         shm_size: ``sizeLimit`` of the memory-backed ``/dev/shm`` (the python backend's tensors cross it).

@@ -31,6 +31,7 @@ from ..files import require_sanitized
 from ..manifest import Manifest
 from ..options import opt
 from ..servers import Server, default_image, get_server, servers_of
+from ..settings import PROJECTION_PARTS
 from ..templating import render_template
 from ..writer import Content
 from .base import BuildContext, Layout
@@ -71,8 +72,10 @@ class TritonOptions:
             python backend runs packager's own pinned TensorFlow in any image, so it has no release to
             pick and refuses the option (choose the image with ``image``).
         onednn: python backend: TensorFlow's oneDNN graph rewrites (fused MatMul + BiasAdd + GELU).
-        intra_op_threads: python backend: threads per TensorFlow op (0: one per core).
-        inter_op_threads: python backend: ops run at once (0: TensorFlow's default).
+        intra_op_threads, inter_op_threads: python backend: TensorFlow's threads per op and ops run at
+            once. Both 0 (the default): ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` when set
+            (the compose stack and Kubernetes set them), else :func:`packager.settings.thread_split` of
+            the cores the server may use.
     """
 
     backend: str = opt("python", "python (any Triton image, and `packager serve`) or tensorflow (images <= 25.02)",
@@ -93,8 +96,9 @@ class TritonOptions:
     max_string_bytes: int = opt(256 * 1024, "python backend: longer strings get a per-request error (0: no limit)")
     server_version: str | None = opt(None, "tensorflow backend: the Triton release (default 25.02)")
     onednn: bool = opt(True, "python backend: TensorFlow's oneDNN rewrites (fused MatMul + BiasAdd + GELU)")
-    intra_op_threads: int = opt(0, "python backend: threads per TensorFlow op (0: one per core)")
-    inter_op_threads: int = opt(0, "python backend: TensorFlow ops run at once (0: TensorFlow's default)")
+    intra_op_threads: int = opt(0, "python backend: threads per TensorFlow op (0: see --inter-op-threads)")
+    inter_op_threads: int = opt(0, "python backend: TensorFlow ops run at once (both 0: the TF_NUM_*_THREADS "
+                                   "environment, else the cores split as 1 per op x 2 ops at once on 2 cores)")
 
     def __post_init__(self):
         problems = []
@@ -130,7 +134,7 @@ class TritonOptions:
         if self.max_string_bytes < 0:
             problems.append("max_string_bytes must be >= 0")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            problems.append("thread counts must be >= 0 (0: TensorFlow's default)")
+            problems.append("thread counts must be >= 0 (both 0: the environment or packager's split)")
         if self.server_version is not None and self.backend == "python":
             problems.append(
                 f"server_version {self.server_version!r} does not apply to the python backend: it runs packager's "
@@ -268,6 +272,7 @@ def render_model_py(manifest: Manifest, *, name: str, options: TritonOptions) ->
         tensorflow_text=manifest.tensorflow_text,
         precision=manifest.precision,
         environment=serving_environment(manifest.precision),
+        projection_parts=PROJECTION_PARTS,
     )
 
 
