@@ -510,7 +510,7 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--triton-instances", type=int, default=1, help="Triton model instances (served part)")
     p.add_argument("--triton-intra-op-threads", type=int, default=None,
-                   help="TF intra-op threads per Triton instance (default: --threads)")
+                   help="TF intra-op threads per Triton instance, with 1 inter-op thread (default: packager.settings.thread_split(--threads))")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     if args.quick:
