@@ -348,9 +348,8 @@ def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, inf
     """
     from packager import INPUT_KEY, OUTPUT_KEY
     from packager.serve import TritonServer
-    from packager.targets import build_from_export
-
     from packager.settings import thread_split
+    from packager.targets import build_from_export
 
     # What packager's stacks set for `threads` cores (intra x inter), unless intra-op threads are given.
     intra, inter = (intra_op_threads, 1) if intra_op_threads else thread_split(threads)

@@ -121,12 +121,13 @@ class Projection(tf.Module):
         bias: ``[out]`` or None.
         name: the variables are ``{name}_kernel_{i}`` and ``{name}_bias_{i}``.
         dtype: the kernels' and biases' dtype (``kernel_dtype(precision)``).
-        parts: how many column parts (at most ``out``).
+        parts: how many column parts (at most ``out``; default :data:`PROJECTION_PARTS`).
     """
 
     def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, name: str, dtype=tf.float32,
-                 parts: int = PROJECTION_PARTS):
+                 parts: int | None = None):
         super().__init__(name=name)
+        parts = PROJECTION_PARTS if parts is None else parts  # read at build time (bench/projection_parts.py sets it)
         cols = [c for c in np.array_split(np.arange(kernel.shape[1]), max(1, parts)) if len(c)]
         bounds = [(int(c[0]), int(c[-1]) + 1) for c in cols]
         self.kernels = [variable(kernel[:, lo:hi], f"{name}_kernel_{i}", dtype) for i, (lo, hi) in enumerate(bounds)]
