@@ -9,10 +9,13 @@ Both derive from :class:`ChunkedEncoder`, which owns the serving ``__call__`` an
 chunked batch path. Speed by construction (issue 7), without changing the arithmetic beyond
 float rounding:
 
-- activations stay 2-D ``[N, H]`` so every projection is one ``MatMul`` + ``BiasAdd`` that
-  TF's oneDNN remapper fuses (with the activation that follows, where it can);
-- Q, K and V come from ONE matmul; the ``1/sqrt(head_dim)`` scale is folded into the Q columns
-  (or into the q-norm weights) at load time;
+- activations stay 2-D ``[N, H]`` so every projection is ``MatMul`` + ``BiasAdd`` that TF's
+  oneDNN remapper fuses (with the activation that follows, where it can);
+- every projection is :data:`PROJECTION_PARTS` column parts (:class:`Projection`), which TF's
+  executor runs at once on its inter-op threads (``packager.settings.thread_split``: one core
+  per op beats oneDNN's per-op fork/join across cores at these sizes);
+- Q, K and V come from ONE fused kernel (in parts); the ``1/sqrt(head_dim)`` scale is folded
+  into the Q columns (or into the q-norm weights) at load time;
 - per-token work (embeddings, projections, MLP) runs on the real tokens only, packed as
   ``[N, H]``; only attention sees the padded ``[B, T]`` layout, so padding costs little;
 - the padding mask (plus MPNet's relative bias, or a causal / sliding-window pattern) becomes
