@@ -367,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     from .progress import set_quiet
-    from .settings import quiet_native_logs
+    from .settings import apply_thread_split, quiet_native_logs
 
+    apply_thread_split()  # the graph's projection parts run at once (packager.settings.thread_split)
     if args.verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     else:

@@ -51,6 +51,30 @@ def thread_split(threads: int) -> tuple[int, int]:
     return max(1, threads // inter), inter
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count()`` where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def apply_thread_split(environ: dict | None = None, cores: int | None = None) -> tuple[int, int]:
+    """Set ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` to :func:`thread_split` of the cores,
+    keeping values the user already set; TensorFlow reads them when it creates its thread pools (the
+    first op), so this must run before that.
+
+    The CLI calls it (``packager embed``, ``verify`` ... run the graph in packager's own process); a
+    library import does not, since threads are process-wide and the caller's other TensorFlow work
+    shares them.
+
+    Returns:
+        ``(intra_op, inter_op)`` in effect.
+    """
+    env = os.environ if environ is None else environ
+    intra, inter = thread_split(available_cores() if cores is None else cores)
+    env.setdefault("TF_NUM_INTRAOP_THREADS", str(intra))
+    env.setdefault("TF_NUM_INTEROP_THREADS", str(inter))
+    return int(env["TF_NUM_INTRAOP_THREADS"]), int(env["TF_NUM_INTEROP_THREADS"])
+
+
 CACHE_ENV = "PACKAGER_CACHE"
 CACHE_OFF = "off"
 

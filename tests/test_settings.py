@@ -95,3 +95,25 @@ def test_thread_split_gives_one_inter_op_thread_per_projection_part_and_shares_t
     intra, inter = thread_split(cores)
     assert (intra, inter) == expected
     assert inter == min(max(cores, 1), PROJECTION_PARTS) and intra * inter <= max(cores, 1)
+
+
+def test_thread_split_env_is_set_for_the_cli_and_keeps_the_users_values_when_applied(tmp_path):
+    from packager.cli import main
+    from packager.settings import apply_thread_split, available_cores, thread_split
+
+    env = {}
+    assert apply_thread_split(env, cores=2) == (1, 2)
+    assert env == {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}
+    mine = {"TF_NUM_INTRAOP_THREADS": "3", "TF_NUM_INTEROP_THREADS": "1"}
+    assert apply_thread_split(mine, cores=2) == (3, 1) and mine["TF_NUM_INTRAOP_THREADS"] == "3"
+    keys = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    saved = {k: os.environ.pop(k, None) for k in keys}
+    try:
+        assert main(["embed", "--export", str(tmp_path / "none"), "x"]) == 2  # a missing export: the CLI ran
+        expected = thread_split(available_cores())
+        assert (int(os.environ[keys[0]]), int(os.environ[keys[1]])) == expected
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
