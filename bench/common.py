@@ -1,6 +1,6 @@
 """Pieces every bench driver shares: the result file's header and path, op times from a traced
-Session step, the sentence-transformers reference from a worker, a log file's tail, and
-concurrent client threads."""
+Session step, the sentence-transformers reference from a worker, a log file's tail, concurrent
+client threads, and a projection's whole kernel for the one-kernel reference forward passes."""
 from __future__ import annotations
 
 import collections
@@ -103,3 +103,34 @@ def rotated_calls(names: list[str], rounds: int, items: list):
         for item in items:
             yield item, names[k % len(names):] + names[:k % len(names)]
             k += 1
+
+
+_WHOLE: dict[int, tuple] = {}
+
+
+def whole_projection(proj) -> tuple:
+    """``(kernel, bias)`` of a ``packager.encoders.layers.Projection`` as ONE variable each (bias may be
+    None), made once per projection, eagerly even when first asked for while a ``tf.function`` traces.
+
+    The old forward passes that bench/levers.py and bench/encoder_variants.py keep as references ran one
+    kernel per projection; ``Projection.kernel`` would concatenate the parts inside the traced graph,
+    copying every weight on every call.
+    """
+    import tensorflow as tf
+
+    key = id(proj)
+    if key not in _WHOLE:
+        with tf.init_scope():
+            kernel = tf.Variable(proj.kernel, trainable=False)
+            bias = None if proj.bias is None else tf.Variable(proj.bias, trainable=False)
+        _WHOLE[key] = (proj, kernel, bias)  # the projection too, so its id is not reused
+    return _WHOLE[key][1:]
+
+
+def whole_project(x, proj):
+    """``x @ kernel + bias`` with :func:`whole_projection`'s single kernel (MatMul + BiasAdd, as before parts)."""
+    import tensorflow as tf
+
+    kernel, bias = whole_projection(proj)
+    y = tf.matmul(x, kernel)
+    return y if bias is None else tf.nn.bias_add(y, bias)

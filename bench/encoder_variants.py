@@ -101,6 +101,7 @@ class Variant:
     def forward(self, input_ids, attention_mask, position_offset=0, token_type_ids=None, single=False):
         import tensorflow as tf
 
+        from bench.common import whole_project
         from packager.encoders.layers import ACTIVATIONS, packing, padding_bias
 
         enc = self.enc
@@ -127,7 +128,7 @@ class Variant:
         for i, layer in enumerate(enc.layers):
             if gathered:
                 heads, d = enc.num_heads, enc.head_dim
-                qkv = tf.reshape(tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias), [-1, d])
+                qkv = tf.reshape(whole_project(h, layer.qkv), [-1, d])
                 if "attn-gather3" in self.atoms:
                     q, k, v = (tf.reshape(tf.gather(qkv, g), [batch, heads, seq, d]) for g in gather_in)
                 else:
@@ -137,16 +138,16 @@ class Variant:
                     scores = scores + bias
                 ctx = tf.reshape(tf.matmul(self._softmax(scores), v), [-1, d])  # rows (b, head, t)
                 context = tf.reshape(tf.gather(ctx, gather_out), [-1, enc.hidden_size])
-                attn = tf.nn.bias_add(tf.matmul(context, layer.attention_output.kernel), layer.attention_output.bias)
+                attn = whole_project(context, layer.attention_output)
             elif "attn-heads" in self.atoms:
                 attn = self._attention_heads(i, h, bias, batch, seq, pack, unpack, layer)
             else:
-                qkv = unpack(tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias))
+                qkv = unpack(whole_project(h, layer.qkv))
                 context = pack(self._attention(qkv, bias, batch, seq))
-                attn = tf.nn.bias_add(tf.matmul(context, layer.attention_output.kernel), layer.attention_output.bias)
+                attn = whole_project(context, layer.attention_output)
             h = self.ln(attn + h, layer.attn_ln_g, layer.attn_ln_b, enc.eps)
-            ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in.kernel), layer.ffn_in.bias))
-            ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out.kernel), layer.ffn_out.bias)
+            ffn = act(whole_project(h, layer.ffn_in))
+            ffn = whole_project(ffn, layer.ffn_out)
             h = self.ln(ffn + h, layer.out_ln_g, layer.out_ln_b, enc.eps)
         if not single:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
@@ -213,6 +214,8 @@ class Variant:
     def _attention_heads(self, i, h, bias, batch, seq, pack, unpack, layer):
         import tensorflow as tf
 
+        from bench.common import whole_projection
+
         e = self.enc
         heads, d = e.num_heads, e.head_dim
         x = tf.matmul(h[tf.newaxis], self.qkv_heads[i]) + self.qkv_b_heads[i]  # [3h, N, d]
@@ -226,7 +229,7 @@ class Variant:
         ctx = tf.reshape(tf.matmul(tf.nn.softmax(scores, axis=-1), v), [heads, -1, d])  # [h, B*T, d]
         if bias is not None:
             ctx = tf.transpose(pack(tf.transpose(ctx, [1, 0, 2])), [1, 0, 2])
-        return tf.reduce_sum(tf.matmul(ctx, self.o_heads[i]), axis=0) + layer.attention_output.bias
+        return tf.reduce_sum(tf.matmul(ctx, self.o_heads[i]), axis=0) + whole_projection(layer.attention_output)[1]
 
 
 # ----------------------------------------------------------------------------- harness

@@ -100,6 +100,7 @@ def lean_row(enc, ids, pad_to: int | None = None):
     """
     import tensorflow as tf
 
+    from bench.common import whole_project
     from packager.encoders.layers import (
         ACTIVATIONS,
         MASK_VALUE,
@@ -130,7 +131,7 @@ def lean_row(enc, ids, pad_to: int | None = None):
     act = ACTIVATIONS[enc.activation]
     heads, d, hidden = enc.num_heads, enc.head_dim, enc.hidden_size
     for layer in enc.layers:
-        qkv = tf.nn.bias_add(tf.matmul(h, layer.qkv.kernel), layer.qkv.bias)  # [T, 3H]
+        qkv = whole_project(h, layer.qkv)  # [T, 3H]
         q, k, v = tf.unstack(tf.transpose(tf.reshape(qkv, [n, 3, heads, d]), [1, 2, 0, 3]))  # [heads, T, d]
         scores = tf.matmul(q, k, transpose_b=True)  # Q carries 1/sqrt(d)
         if rel is not None:
@@ -139,10 +140,10 @@ def lean_row(enc, ids, pad_to: int | None = None):
             scores = scores + bias
         ctx = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [heads, T, d]
         ctx = tf.reshape(tf.transpose(ctx, [1, 0, 2]), [n, hidden])
-        attn = tf.nn.bias_add(tf.matmul(ctx, layer.attention_output.kernel), layer.attention_output.bias)
+        attn = whole_project(ctx, layer.attention_output)
         h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, enc.eps)
-        ffn = act(tf.nn.bias_add(tf.matmul(h, layer.ffn_in.kernel), layer.ffn_in.bias))
-        ffn = tf.nn.bias_add(tf.matmul(ffn, layer.ffn_out.kernel), layer.ffn_out.bias)
+        ffn = act(whole_project(h, layer.ffn_in))
+        ffn = whole_project(ffn, layer.ffn_out)
         h = layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, enc.eps)
     if pad_to:
         h = h[:seq]
