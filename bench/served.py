@@ -4,7 +4,7 @@ Called by ``bench/run.py`` (``--served``, on by default in ``make bench``); it c
 on an existing export::
 
     .venv/bin/python bench/served.py EXPORT_DIR [--texts 512] [--concurrency 1,4,16]
-    .venv/bin/python bench/served.py configs EXPORT_DIR --configs 1x2,2x1,1x2+frozen   # Triton settings
+    .venv/bin/python bench/served.py configs EXPORT_DIR --configs 1x1x2,1x1x2+q0,2x1   # Triton settings
 
 :func:`bench_triton_configs` (``configs``): several Triton configurations of one export (instances x
 intra-op threads per instance, optionally ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``) up at the same time and
@@ -120,7 +120,7 @@ def _server_batches(srv, model: str) -> tuple[int, int]:
 
 def bench_served(export_dir: Path, texts: list[str], *, workdir: Path,
                  concurrency=CONCURRENCY, protocols=PROTOCOLS, request_batch: int = 1,
-                 max_batch_size: int = 64, max_queue_delay_us: int = 1000, echo=print) -> dict:
+                 max_batch_size: int = 64, max_queue_delay_us: int = 0, echo=print) -> dict:
     """Serve ``export_dir`` from a fresh Triton repository and load it; see the module docstring."""
     from packager.clients import triton_grpc, triton_http
     from packager.serve import TritonServer
@@ -339,7 +339,7 @@ def _rtt(port: int, path: str, n: int = 200) -> float:
 def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, infinity_folder: Path | None,
                        texts: list[str], reference: np.ndarray, *, workdir: Path, threads: int,
                        concurrency=CONCURRENCY, rounds: int = 3, max_batch_size: int = 64,
-                       max_queue_delay_us: int = 1000, instance_count: int = 1, intra_op_threads: int | None = None,
+                       max_queue_delay_us: int = 0, instance_count: int = 1, intra_op_threads: int | None = None,
                        echo=print) -> dict:
     """packager's Triton vs infinity-emb, single-sentence requests, the same plain HTTP client.
 
@@ -427,19 +427,29 @@ def bench_served_peers(export_dir: Path, infinity_python: str | Path | None, inf
 
 
 def parse_config(text: str) -> dict:
-    """``INSTANCESxTHREADS[+frozen]`` (``2x1``, ``1x2+frozen``) -> Triton options (``+frozen``: the server
-    runs with ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``)."""
-    base, _, extra = text.partition("+")
-    n, _, t = base.partition("x")
-    if not (n.isdigit() and t.isdigit()) or extra not in ("", "frozen"):
-        raise ValueError(f"bad Triton config {text!r}: INSTANCESxTHREADS[+frozen], e.g. 2x1 or 1x2+frozen")
-    return {"name": text, "instance_count": int(n), "intra_op_threads": int(t),
-            "env": {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"} if extra == "frozen" else {}}
+    """``INSTANCESxINTRA[xINTER][+frozen][+qUS]`` -> Triton options: ``2x1`` (2 instances x 1 intra-op thread,
+    1 inter-op), ``1x1x2`` (1 intra x 2 inter: the shipped split on 2 cores), ``+frozen`` (the server runs with
+    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1``), ``+q0`` (``max_queue_delay_us`` 0 instead of the run's value)."""
+    base, *extras = text.split("+")
+    parts = base.split("x")
+    bad = ValueError(f"bad Triton config {text!r}: INSTANCESxINTRA[xINTER][+frozen][+qUS], e.g. 2x1, 1x1x2+q0")
+    if len(parts) not in (2, 3) or not all(x.isdigit() for x in parts):
+        raise bad
+    cfg = {"name": text, "instance_count": int(parts[0]), "intra_op_threads": int(parts[1]),
+           "inter_op_threads": int(parts[2]) if len(parts) == 3 else 1, "env": {}, "max_queue_delay_us": None}
+    for extra in extras:
+        if extra == "frozen":
+            cfg["env"] = {"TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1"}
+        elif extra[:1] == "q" and extra[1:].isdigit():
+            cfg["max_queue_delay_us"] = int(extra[1:])
+        else:
+            raise bad
+    return cfg
 
 
 def bench_triton_configs(export_dir: Path, configs: list[dict], texts: list[str], reference: np.ndarray, *,
                          workdir: Path, concurrency=CONCURRENCY, rounds: int = 3, max_batch_size: int = 64,
-                         max_queue_delay_us: int = 1000, echo=print) -> dict:
+                         max_queue_delay_us: int = 0, echo=print) -> dict:
     """Several Triton configurations of the same export, up at the same time, loaded in turn (rounds
     interleaved, order rotated) by the same plain HTTP client, one sentence per request.
 
@@ -457,9 +467,11 @@ def bench_triton_configs(export_dir: Path, configs: list[dict], texts: list[str]
         servers = {}
         for cfg in configs:
             repo = Path(tempfile.mkdtemp(prefix="served-repo-", dir=workdir))
+            delay = max_queue_delay_us if cfg.get("max_queue_delay_us") is None else cfg["max_queue_delay_us"]
             model_dir = build_from_export(export_dir, target="triton", output=repo, name="bench", force=True,
-                                          max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
-                                          intra_op_threads=cfg["intra_op_threads"], inter_op_threads=1,
+                                          max_batch_size=max_batch_size, max_queue_delay_us=delay,
+                                          intra_op_threads=cfg["intra_op_threads"],
+                                          inter_op_threads=cfg.get("inter_op_threads", 1),
                                           instance_count=cfg["instance_count"])
             saved = {k: os.environ.get(k) for k in cfg["env"]}
             os.environ.update(cfg["env"])  # the server (and its python-backend stubs) inherit this process's env

@@ -57,7 +57,7 @@ def test_triton_config_parses_with_model_config_pb2_when_default_options(backend
     assert cfg.input[0].data_type == model_config_pb2.TYPE_STRING and list(cfg.input[0].dims) == [1]
     assert cfg.output[0].name == "sentence_embedding" and cfg.output[0].data_type == model_config_pb2.TYPE_FP32
     assert list(cfg.output[0].dims) == [384]
-    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 1000
+    assert cfg.HasField("dynamic_batching") and cfg.dynamic_batching.max_queue_delay_microseconds == 0
     assert cfg.instance_group[0].count == 1 and cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert [w.batch_size for w in cfg.model_warmup] == [1, 64]
     assert all(w.inputs["input_sequence"].input_data_file == "sample" for w in cfg.model_warmup)

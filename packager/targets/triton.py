@@ -57,7 +57,8 @@ class TritonOptions:
         max_batch_size: the largest batch one model execution takes (>= 1).
         dynamic_batching: let Triton merge concurrent requests into one execution.
         preferred_batch_sizes: batch sizes the dynamic batcher aims for (empty: as large as possible).
-        max_queue_delay_us: how long a request may wait for others to join its batch.
+        max_queue_delay_us: how long a request may wait for others to join its batch (0, the default: the
+            batcher takes what queued while the model was busy, and a lone request never waits).
         instance_count: model instances (per GPU for KIND_GPU).
         instance_kind: ``"KIND_CPU"`` or ``"KIND_GPU"``.
         gpus: GPU ids for KIND_GPU instances (empty: all GPUs).
@@ -83,7 +84,8 @@ class TritonOptions:
     max_batch_size: int = opt(64, "largest batch per model execution")
     dynamic_batching: bool = opt(True, "Triton's dynamic batcher merges concurrent requests")
     preferred_batch_sizes: tuple[int, ...] = opt((), "batch sizes the dynamic batcher aims for, e.g. 8,16,32")
-    max_queue_delay_us: int = opt(1000, "how long a request may wait for others to join its batch (us)")
+    max_queue_delay_us: int = opt(0, "how long a request may wait for others to join its batch (us); 0: a batch is what "
+                                   "queued while the model was busy, no request waits for company")
     instance_count: int = opt(1, "model instances (per GPU for KIND_GPU)")
     instance_kind: str = opt("KIND_CPU", "where instances run", choices=("KIND_CPU", "KIND_GPU", "cpu", "gpu"))
     gpus: tuple[int, ...] = opt((), "GPU ids for KIND_GPU instances (default: all)")
