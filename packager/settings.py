@@ -33,6 +33,10 @@ RUNTIME_ENV = {
 # The exported graph computes every projection as this many column parts, separate ops that TF's
 # executor runs at once on its inter-op threads (packager/encoders/layers.py, Projection).
 PROJECTION_PARTS = 2
+# One dense row of at least this many tokens runs its layers with the tokens in two halves, one chain
+# per inter-op thread (layers.py, PostLNEncoder._layers_in_halves): on 2 cores the chain of projections
+# was 1.2x faster that way at 128-256 tokens and slower at 16-37 (bench/projection_layouts.py).
+TOKEN_HALVES_FROM = 64
 
 
 def thread_split(threads: int) -> tuple[int, int]:

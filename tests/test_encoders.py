@@ -33,6 +33,7 @@ from packager.encoders.activations import (
     torch_name_to_activation,
 )
 from packager.encoders.precision import bf16_supported
+from packager.settings import TOKEN_HALVES_FROM
 from packager.encoders.weights import load_weights
 from packager.errors import ModelError, UnsupportedError
 
@@ -124,7 +125,7 @@ def tiny_roberta(tmp_path_factory) -> Path:
     import transformers as tr
 
     cfg = tr.RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37, max_position_embeddings=70, pad_token_id=1, type_vocab_size=1)
+                           intermediate_size=37, max_position_embeddings=96, pad_token_id=1, type_vocab_size=1)
     return _tiny(tmp_path_factory, "tiny_roberta", lambda: tr.RobertaModel(cfg, add_pooling_layer=False))
 
 
@@ -134,7 +135,7 @@ def tiny_camembert(tmp_path_factory) -> Path:
 
     # pad id 3: positions must use the config's pad id, not RoBERTa's usual 1
     cfg = tr.CamembertConfig(vocab_size=90, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
-                             intermediate_size=30, max_position_embeddings=60, pad_token_id=3, type_vocab_size=1,
+                             intermediate_size=30, max_position_embeddings=96, pad_token_id=3, type_vocab_size=1,
                              hidden_act="gelu_new", layer_norm_eps=1e-5)
     return _tiny(tmp_path_factory, "tiny_camembert", lambda: tr.CamembertModel(cfg, add_pooling_layer=False))
 
@@ -227,6 +228,33 @@ def test_encoder_matches_hf_when_batch_has_one_row(fixture, request):
     ids, mask = _batch_for(fixture, model_dir, [23], seed=9)
     ref = _reference(_torch_model(model_dir), ids, mask)
     assert _real_diff(_run(_encoder(model_dir), ids, mask), ref, mask) <= TOL
+
+
+@pytest.mark.parametrize("fixture", ALL)
+@pytest.mark.parametrize("extra", [0, 9])
+def test_encoder_matches_hf_when_one_long_row_runs_in_token_halves(fixture, extra, request):
+    """From TOKEN_HALVES_FROM tokens on, one dense row of the post-LN families runs its layers in two
+    halves of tokens that meet at attention (an odd length: halves of unequal size)."""
+    model_dir = request.getfixturevalue(fixture)
+    ids, mask = _batch_for(fixture, model_dir, [TOKEN_HALVES_FROM + extra], seed=11)
+    ref = _reference(_torch_model(model_dir), ids, mask)
+    assert _real_diff(_run(_encoder(model_dir), ids, mask), ref, mask) <= TOL
+
+
+def test_token_halves_are_traced_into_the_dense_path_of_the_post_ln_encoder(tiny_mpnet, monkeypatch):
+    """The halves branch is in the graph (and is what a long lone row gets: the parity test above)."""
+    from packager.encoders.layers import PostLNEncoder
+
+    calls = []
+    original = PostLNEncoder._layers_in_halves
+    monkeypatch.setattr(PostLNEncoder, "_layers_in_halves",
+                        lambda self, *a: calls.append(a[-1]) or original(self, *a))
+    encoder = _encoder(tiny_mpnet)
+    ids, mask = _padded_batch(_hf_config(tiny_mpnet), [TOKEN_HALVES_FROM + 1], seed=2)
+    halves = _run(encoder, ids, mask)
+    assert len(calls) == 1  # traced once, in the dense branch
+    whole = encoder.forward(tf.constant(ids), tf.constant(mask)).numpy()  # the padded path: no halves
+    assert len(calls) == 1 and np.abs(halves - whole).max() <= TOL
 
 
 @pytest.mark.parametrize("fixture", ALL)

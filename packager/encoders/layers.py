@@ -32,7 +32,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from ..settings import PROJECTION_PARTS
+from ..settings import PROJECTION_PARTS, TOKEN_HALVES_FROM
 from .activations import ACTIVATIONS, activation, check_activation  # noqa: F401 - the one table, re-exported
 from .spec import LayerWeights, PostLNWeights
 
@@ -446,19 +446,64 @@ class PostLNEncoder(ChunkedEncoder):
         if use_types:
             h = h + tf.gather(self.type_deltas, flat_types)
         h = layer_norm(h, self.embed_ln_g, self.embed_ln_b, self.eps)  # 2-D from here on
-        act = ACTIVATIONS[self.activation]
-        mid = kernel_dtype(self.precision)  # the FFN's inner activations stay in the kernels' dtype
-        for layer in self.layers:
-            qkv = layer.qkv(h)  # [N, 3H]
-            context = self._attention(qkv, bias, batch, seq, gather_in, gather_out)  # [N, H]
-            attn = layer.attention_output(context)
-            h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, self.eps)
-            ffn = layer.ffn_in(h, act, out_dtype=mid)
-            ffn = layer.ffn_out(ffn)
-            h = layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, self.eps)
+        if dense:
+            h = tf.cond(seq >= TOKEN_HALVES_FROM, lambda: self._layers_in_halves(h, bias, seq),
+                        lambda: self._layers(h, bias, batch, seq, gather_in, gather_out))
+        else:
+            h = self._layers(h, bias, batch, seq, gather_in, gather_out)
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
         return tf.reshape(h, [batch, seq, self.hidden_size])
+
+    def _after_attention(self, layer, context, h):
+        """The rest of a layer, per token: output projection, residual + LayerNorm, FFN, residual + LayerNorm."""
+        attn = layer.attention_output(context)
+        h = layer_norm(attn + h, layer.attn_ln_g, layer.attn_ln_b, self.eps)
+        ffn = layer.ffn_in(h, ACTIVATIONS[self.activation], out_dtype=kernel_dtype(self.precision))  # the FFN's
+        ffn = layer.ffn_out(ffn)  # inner activations stay in the kernels' dtype
+        return layer_norm(ffn + h, layer.out_ln_g, layer.out_ln_b, self.eps)
+
+    def _layers(self, h, bias, batch, seq, gather_in, gather_out):
+        for layer in self.layers:
+            qkv = layer.qkv(h)  # [N, 3H]
+            context = self._attention(qkv, bias, batch, seq, gather_in, gather_out)  # [N, H]
+            h = self._after_attention(layer, context, h)
+        return h
+
+    def _layers_in_halves(self, h, bias, seq):
+        """The layers over ONE dense row ``h`` (``[T, H]``) with its tokens in two halves.
+
+        Everything but attention is per token, so each half runs its own chain of projections and
+        LayerNorms (TF's executor runs the two at once, one per inter-op thread, see
+        :func:`packager.settings.thread_split`); the halves meet once per layer, where every query
+        needs every key and value: the two QKV blocks are concatenated, and each half's queries attend
+        over all of them. Same arithmetic per token as :meth:`_layers`. On long rows this beats the
+        projections' column parts alone (``bench/projection_layouts.py``, docs/performance.md).
+        """
+        heads, d = self.num_heads, self.head_dim
+        half = seq // 2
+        bounds = ((0, half), (half, seq))
+        gather_in, _ = head_indices(tf.ones([1, seq], tf.int32), heads, True, self.unpad)
+        head = tf.range(heads)
+        # context [heads * n, d] rows -> (token, head) order, per half of n tokens
+        gather_out = [tf.reshape(head[tf.newaxis, :] * (hi - lo) + tf.range(hi - lo)[:, tf.newaxis], [-1])
+                      for lo, hi in bounds]
+        biases = [None if bias is None else bias[:, :, lo:hi, :] for lo, hi in bounds]
+        hs = [h[:half], h[half:]]
+        for layer in self.layers:
+            qkv = tf.concat([layer.qkv(x) for x in hs], axis=0)  # [T, 3H]
+            rows = tf.gather(tf.reshape(qkv, [-1, d]), gather_in)
+            q, k, v = tf.split(tf.reshape(rows, [3, heads, seq, d]), 3)  # each [1, heads, T, d]
+            out = []
+            for (lo, hi), x, b, g in zip(bounds, hs, biases, gather_out):
+                scores = tf.matmul(q[:, :, lo:hi], k, transpose_b=True)  # Q already carries 1/sqrt(d)
+                if b is not None:
+                    scores = scores + b
+                context = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # [1, heads, n, d]
+                context = tf.reshape(tf.gather(tf.reshape(context, [-1, d]), g), [-1, self.hidden_size])
+                out.append(self._after_attention(layer, context, x))
+            hs = out
+        return tf.concat(hs, axis=0)
 
     def _relative_bias(self, seq):
         # bias[h, i, j] = table[h, clip(j - i)]: the bucket of every clipped relative position
