@@ -1,7 +1,7 @@
 """Process-level variants of the serving graph, interleaved PER CALL: the robust A/B on a shared machine.
 
     .venv/bin/python bench/paired.py --export A [--export B ...] [--levers threads-1,frozen-weights-env] \\
-        [--batches 1,8,32] [--texts 200] [--rounds 3]
+        [--batches 1,8,32] [--texts 200] [--rounds 3] [--corpus realistic|long]
 
 Every contender is its own long-lived worker process (``bench/worker.py``; grappler, oneDNN and thread
 settings are process-wide): each ``--export`` directory as shipped (``serving_default`` on raw strings),
@@ -44,13 +44,15 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="model folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--texts", type=int, default=200, help="texts per batch size and round")
+    p.add_argument("--corpus", choices=("realistic", "long"), default="realistic",
+                   help="the realistic corpus, or uniformly long text (every text truncated at max_seq_length)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     from bench.contenders import WorkerError, close_all, start_all
-    from bench.corpus import make_corpus
+    from bench.corpus import make_corpus, make_long_corpus
     from bench.levers import LEVERS, worker_env
     from bench.run import accuracy
 
@@ -74,8 +76,9 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown lever(s) {bad}; known: {', '.join(LEVERS)}")
     lever_export = (args.lever_export or args.export[0]).resolve()
-    texts = make_corpus(args.texts, seed=1)
-    result = header("paired.py", argv, threads=args.threads, texts=len(texts), rounds=args.rounds, contenders={},
+    texts = make_long_corpus(args.texts) if args.corpus == "long" else make_corpus(args.texts, seed=1)
+    result = header("paired.py", argv, threads=args.threads, texts=len(texts), corpus=args.corpus, rounds=args.rounds,
+                    contenders={},
                     by_batch={})
     with tempfile.TemporaryDirectory(prefix="packager-paired-") as tmp:
         work = Path(tmp)

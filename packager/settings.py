@@ -34,8 +34,9 @@ RUNTIME_ENV = {
 # executor runs at once on its inter-op threads (packager/encoders/layers.py, Projection).
 PROJECTION_PARTS = 2
 # One dense row of at least this many tokens runs its layers with the tokens in two halves, one chain
-# per inter-op thread (layers.py, PostLNEncoder._layers_in_halves): on 2 cores the chain of projections
-# was 1.2x faster that way at 128-256 tokens and slower at 16-37 (bench/projection_layouts.py).
+# per inter-op thread, that meet at attention (layers.py PostLNEncoder._layers_in_halves, pre_norm.py
+# PreNormEncoder._layers): on 2 cores 1.13x end to end on 256-token rows; the projection chain alone was
+# 1.2x faster that way at 128-256 tokens and slower at 16-37 (bench/projection_layouts.py).
 TOKEN_HALVES_FROM = 64
 
 

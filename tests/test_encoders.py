@@ -257,6 +257,20 @@ def test_token_halves_are_traced_into_the_dense_path_of_the_post_ln_encoder(tiny
     assert len(calls) == 1 and np.abs(halves - whole).max() <= TOL
 
 
+def test_token_halves_are_traced_into_the_dense_path_of_the_pre_norm_encoder(tiny_qwen3, monkeypatch):
+    from packager.encoders.pre_norm import PreNormEncoder
+
+    halves = []
+    original = PreNormEncoder._layers
+    monkeypatch.setattr(PreNormEncoder, "_layers", lambda self, *a: halves.append(a[-1]) or original(self, *a))
+    encoder = _encoder(tiny_qwen3)
+    ids, mask = _batch_for("tiny_qwen3", tiny_qwen3, [TOKEN_HALVES_FROM + 1], seed=2)
+    got = _run(encoder, ids, mask)
+    assert sorted(halves) == [False, False, True]  # dense: both branches of the cond; the sorted path: whole
+    ref = _reference(_torch_model(tiny_qwen3), ids, mask)
+    assert _real_diff(got, ref, mask) <= TOL
+
+
 @pytest.mark.parametrize("fixture", ALL)
 def test_encoder_matches_hf_when_the_one_row_carries_padding(fixture, request):
     """A lone row with padding (a caller padding to a fixed length) must not take the dense

@@ -36,6 +36,7 @@ from .layers import (
     take,
     variable,
 )
+from ..settings import TOKEN_HALVES_FROM
 from .rope import inverse_frequencies
 from .spec import PreNormLayer, PreNormWeights
 
@@ -185,25 +186,49 @@ class PreNormEncoder(ChunkedEncoder):
         act = activation(self.activation_name)
         h = tf.gather(self.word_embeddings, flat_ids)
         h = self._norm(h, self.embed_norm)
-        for layer in self.layers:
-            x = self._norm(h, layer.attn_norm)
-            qkv = tf.reshape(layer.qkv(x), [-1, Hq + 2 * Hkv, d])
-            qk, v = qkv[:, :Hq + Hkv], qkv[:, Hq + Hkv:]
-            if layer.qk_norm is not None:
-                qk = rms_norm(qk, layer.qk_norm, self.eps)
-            cos, sin = rotary[layer.rope_theta]
-            half = d // 2
-            qk = qk * cos + tf.concat([qk[..., half:], qk[..., :half]], -1) * sin
-            heads = tf.reshape(unpack(tf.concat([qk, v], 1)), [batch, seq, Hq + 2 * Hkv, d])
-            context = self._attention(heads, biases[layer.pattern], batch, seq)  # [B*T, Hq*d]
-            h = h + layer.attention_output(pack(context))
-            x = self._norm(h, layer.mlp_norm)
-            gate, up = layer.gate(x, out_dtype=layer.gate.dtype), layer.up(x, out_dtype=layer.up.dtype)
-            h = h + layer.down(act(gate) * up)
+        run = lambda halves: self._layers(h, rotary, biases, batch, seq, pack, unpack, act, halves)  # noqa: E731
+        h = tf.cond(seq >= TOKEN_HALVES_FROM, lambda: run(True), lambda: run(False)) if dense else run(False)
         h = self._norm(h, self.final_norm)
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
         return tf.reshape(h, [batch, seq, self.hidden_size])
+
+    def _layers(self, h, rotary, biases, batch, seq, pack, unpack, act, halves: bool):
+        """The layers over ``h`` (``[N, H]``). With ``halves`` (one long dense row) the tokens run in two
+        halves: everything but attention is per token, so each half's norms, projections and MLP form
+        their own chain, which TF's executor runs at once on its two inter-op threads; the halves meet at
+        attention (their rotated q, k, v concatenated), whose context is split again. The same
+        arithmetic per token (see PostLNEncoder._layers_in_halves and TOKEN_HALVES_FROM)."""
+        Hq, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        rows = tf.shape(h)[0]
+        spans = ((0, rows // 2), (rows // 2, rows)) if halves else ((0, rows),)
+        hs = [h[lo:hi] for lo, hi in spans] if halves else [h]
+        rots = ([{t: (c[lo:hi], s[lo:hi]) for t, (c, s) in rotary.items()} for lo, hi in spans] if halves
+                else [rotary])
+        for layer in self.layers:
+            rotated = []
+            for x_h, rot in zip(hs, rots):
+                x = self._norm(x_h, layer.attn_norm)
+                qkv = tf.reshape(layer.qkv(x), [-1, Hq + 2 * Hkv, d])
+                qk, v = qkv[:, :Hq + Hkv], qkv[:, Hq + Hkv:]
+                if layer.qk_norm is not None:
+                    qk = rms_norm(qk, layer.qk_norm, self.eps)
+                cos, sin = rot[layer.rope_theta]
+                half = d // 2
+                qk = qk * cos + tf.concat([qk[..., half:], qk[..., :half]], -1) * sin
+                rotated.append(tf.concat([qk, v], 1))
+            both = rotated[0] if len(rotated) == 1 else tf.concat(rotated, 0)
+            heads = tf.reshape(unpack(both), [batch, seq, Hq + 2 * Hkv, d])
+            context = pack(self._attention(heads, biases[layer.pattern], batch, seq))  # [N, Hq*d]
+            contexts = [context[lo:hi] for lo, hi in spans] if halves else [context]
+            out = []
+            for x_h, c in zip(hs, contexts):
+                x_h = x_h + layer.attention_output(c)
+                x = self._norm(x_h, layer.mlp_norm)
+                gate, up = layer.gate(x, out_dtype=layer.gate.dtype), layer.up(x, out_dtype=layer.up.dtype)
+                out.append(x_h + layer.down(act(gate) * up))
+            hs = out
+        return hs[0] if len(hs) == 1 else tf.concat(hs, 0)
 
     def _attention(self, heads, bias, batch, seq):
         """``[B, T, Hq + 2 Hkv, d]`` rotated q, k and v -> ``[B*T, Hq*d]`` context.
