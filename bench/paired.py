@@ -4,7 +4,8 @@
         [--batches 1,8,32] [--texts 200] [--rounds 3] [--corpus realistic|long]
 
 Every contender is its own long-lived worker process (``bench/worker.py``; grappler, oneDNN and thread
-settings are process-wide): each ``--export`` directory as shipped (``serving_default`` on raw strings),
+settings are process-wide): each ``--export`` directory as shipped (``serving_default`` on raw strings, on
+``packager.settings.thread_split`` threads, as ``bench/run.py``'s graph contender),
 and each ``--levers`` name of ``bench/levers.py`` on the first export (or ``--lever-export``). Unlike ``bench/batch1_profile.py``
 (one pass per contender per round), the contenders take turns on every single call (order rotated per
 call), so a neighbour's burst of load hits all of them alike; the figure to read is the median over calls
@@ -87,9 +88,9 @@ def main(argv=None) -> int:
         ref = st_reference(model_dir, tpath, threads=args.threads, workdir=work, out=work / "st.npy")
         defs = []
         for name, export in zip(names, args.export):
-            defs.append({"name": name, "kind": "lever", "python": sys.executable, "env": worker_env("export", {}),
-                         "spec": {"lever": "export", "root": str(ROOT), "export_dir": str(export.resolve()),
-                                  "model_dir": str(model_dir)}})
+            # as shipped: the thread split of packager.settings.thread_split (levers keep N intra x 1 inter)
+            defs.append({"name": name, "kind": "graph", "python": sys.executable, "env": worker_env("export", {}),
+                         "spec": {"root": str(ROOT), "export_dir": str(export.resolve())}})
             result["contenders"][name] = {"export": str(export)}
         for name in levers:
             lever, where = lever_dirs[name]
