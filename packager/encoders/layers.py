@@ -225,6 +225,28 @@ def packing(attention_mask):
     return (lambda x: tf.gather(x, real)), (lambda x: tf.gather(x, slot))
 
 
+def token_halves(rows):
+    """Row spans ``((0, rows // 2), (rows // 2, rows))`` of one dense row's tokens in two halves.
+
+    Everything but attention is per token, so each half runs its own chain of norms, projections
+    and FFN, which TF's executor runs at once on its two inter-op threads
+    (:func:`packager.settings.thread_split`); the halves meet at attention. Used by both encoder
+    families for one dense row of at least ``TOKEN_HALVES_FROM`` tokens (see :func:`by_row_length`).
+    """
+    half = rows // 2
+    return ((0, half), (half, rows))
+
+
+def by_row_length(dense: bool, seq, halves, whole):
+    """``halves()`` for one dense row of at least ``TOKEN_HALVES_FROM`` tokens, else ``whole()``.
+
+    Chosen in the graph by ``tf.cond``; a batch (``dense`` false) always takes ``whole()``. On long
+    rows the halves beat the projections' column parts alone (``bench/projection_layouts.py``); on
+    short ones the extra concats cost more than the overlap gains (docs/performance.md).
+    """
+    return tf.cond(seq >= TOKEN_HALVES_FROM, halves, whole) if dense else whole()
+
+
 def head_indices(attention_mask, num_heads: int, dense: bool, unpad: bool):
     """Row indices that do attention's head reshuffles as ONE ``GatherV2`` each way.
 
@@ -446,11 +468,8 @@ class PostLNEncoder(ChunkedEncoder):
         if use_types:
             h = h + tf.gather(self.type_deltas, flat_types)
         h = layer_norm(h, self.embed_ln_g, self.embed_ln_b, self.eps)  # 2-D from here on
-        if dense:
-            h = tf.cond(seq >= TOKEN_HALVES_FROM, lambda: self._layers_in_halves(h, bias, seq),
-                        lambda: self._layers(h, bias, batch, seq, gather_in, gather_out))
-        else:
-            h = self._layers(h, bias, batch, seq, gather_in, gather_out)
+        h = by_row_length(dense, seq, lambda: self._layers_in_halves(h, bias, seq),
+                          lambda: self._layers(h, bias, batch, seq, gather_in, gather_out))
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
         return tf.reshape(h, [batch, seq, self.hidden_size])
@@ -473,23 +492,20 @@ class PostLNEncoder(ChunkedEncoder):
     def _layers_in_halves(self, h, bias, seq):
         """The layers over ONE dense row ``h`` (``[T, H]``) with its tokens in two halves.
 
-        Everything but attention is per token, so each half runs its own chain of projections and
-        LayerNorms (TF's executor runs the two at once, one per inter-op thread, see
-        :func:`packager.settings.thread_split`); the halves meet once per layer, where every query
-        needs every key and value: the two QKV blocks are concatenated, and each half's queries attend
-        over all of them. Same arithmetic per token as :meth:`_layers`. On long rows this beats the
-        projections' column parts alone (``bench/projection_layouts.py``, docs/performance.md).
+        Each half runs its own chain of projections and LayerNorms (:func:`token_halves`); the halves
+        meet once per layer, where every query needs every key and value: the two QKV blocks are
+        concatenated, and each half's queries attend over all of them (two smaller score matrices,
+        no split of the context afterwards). Same arithmetic per token as :meth:`_layers`.
         """
         heads, d = self.num_heads, self.head_dim
-        half = seq // 2
-        bounds = ((0, half), (half, seq))
+        bounds = token_halves(seq)
         gather_in, _ = head_indices(tf.ones([1, seq], tf.int32), heads, True, self.unpad)
         head = tf.range(heads)
         # context [heads * n, d] rows -> (token, head) order, per half of n tokens
         gather_out = [tf.reshape(head[tf.newaxis, :] * (hi - lo) + tf.range(hi - lo)[:, tf.newaxis], [-1])
                       for lo, hi in bounds]
         biases = [None if bias is None else bias[:, :, lo:hi, :] for lo, hi in bounds]
-        hs = [h[:half], h[half:]]
+        hs = [h[lo:hi] for lo, hi in bounds]
         for layer in self.layers:
             qkv = tf.concat([layer.qkv(x) for x in hs], axis=0)  # [T, 3H]
             rows = tf.gather(tf.reshape(qkv, [-1, d]), gather_in)

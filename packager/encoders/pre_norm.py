@@ -29,14 +29,15 @@ from .layers import (
     ChunkedEncoder,
     Projection,
     build_layers,
+    by_row_length,
     kernel_dtype,
     layer_norm,
     packing,
     rms_norm,
     take,
+    token_halves,
     variable,
 )
-from ..settings import TOKEN_HALVES_FROM
 from .rope import inverse_frequencies
 from .spec import PreNormLayer, PreNormWeights
 
@@ -187,7 +188,7 @@ class PreNormEncoder(ChunkedEncoder):
         h = tf.gather(self.word_embeddings, flat_ids)
         h = self._norm(h, self.embed_norm)
         run = lambda halves: self._layers(h, rotary, biases, batch, seq, pack, unpack, act, halves)  # noqa: E731
-        h = tf.cond(seq >= TOKEN_HALVES_FROM, lambda: run(True), lambda: run(False)) if dense else run(False)
+        h = by_row_length(dense, seq, lambda: run(True), lambda: run(False))
         h = self._norm(h, self.final_norm)
         if packed:
             h = unpack(h) * tf.cast(tf.reshape(attention_mask, [-1, 1]), tf.float32)
@@ -195,13 +196,13 @@ class PreNormEncoder(ChunkedEncoder):
 
     def _layers(self, h, rotary, biases, batch, seq, pack, unpack, act, halves: bool):
         """The layers over ``h`` (``[N, H]``). With ``halves`` (one long dense row) the tokens run in two
-        halves: everything but attention is per token, so each half's norms, projections and MLP form
-        their own chain, which TF's executor runs at once on its two inter-op threads; the halves meet at
-        attention (their rotated q, k, v concatenated), whose context is split again. The same
-        arithmetic per token (see PostLNEncoder._layers_in_halves and TOKEN_HALVES_FROM)."""
+        halves (:func:`~packager.encoders.layers.token_halves`): each half's norms, projections and MLP
+        form their own chain; the halves meet at attention (their rotated q, k, v concatenated, one
+        attention, as grouped-query attention wants all heads of a kv head together), whose context is
+        split again. The same arithmetic per token either way."""
         Hq, Hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         rows = tf.shape(h)[0]
-        spans = ((0, rows // 2), (rows // 2, rows)) if halves else ((0, rows),)
+        spans = token_halves(rows) if halves else ((0, rows),)
         hs = [h[lo:hi] for lo, hi in spans] if halves else [h]
         rots = ([{t: (c[lo:hi], s[lo:hi]) for t, (c, s) in rotary.items()} for lo, hi in spans] if halves
                 else [rotary])
