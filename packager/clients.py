@@ -100,7 +100,7 @@ def triton_infer(url: str, model: str, *, protocol: str = "http", output_key: st
         raise PackagerError(f"Triton speaks http or grpc, not {protocol!r}")
     what = f"Triton {'HTTP' if protocol == 'http' else 'gRPC'}"
     local = threading.local()
-    shared = tc.InferenceServerClient(_host_port(url)) if protocol == "grpc" else None
+    shared = tc.InferenceServerClient(_host_port(url), channel_args=_grpc_channel_args()) if protocol == "grpc" else None
 
     def client():
         if shared is not None:
@@ -261,6 +261,25 @@ def reranker(url: str, model: str, *, protocol: str | None = None, prompt_name: 
 def triton_http(url: str, model: str, **kwargs) -> Embed:
     """An embedder over Triton HTTP (see :func:`embedder`)."""
     return embedder(url, model, protocol="http", **kwargs)
+
+
+def _grpc_channel_args(max_backoff_ms: int = 2000) -> list[tuple]:
+    """tritonclient's own gRPC channel defaults (message sizes, keepalive) plus a reconnect backoff capped
+    at ``max_backoff_ms``. gRPC's default backoff grows to 120 s, so a client that saw its server go away
+    could wait a minute or more after the server was back before trying again; capped, it reconnects
+    within about 2 s (tests/test_load.py kills and restarts a server under load)."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keep = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keep.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", min(250, max_backoff_ms)),
+            ("grpc.min_reconnect_backoff_ms", min(250, max_backoff_ms)),
+            ("grpc.max_reconnect_backoff_ms", max_backoff_ms)]
 
 
 def triton_grpc(url: str, model: str, **kwargs) -> Embed:
