@@ -270,16 +270,21 @@ def strip_padding(ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
     return [[int(t) for t, m in zip(row, mrow) if m] for row, mrow in zip(ids, mask)]
 
 
-def rerank_pairs(texts: Sequence[str], seed: int = 0) -> list[tuple[str, str]]:
+def rerank_pairs(texts: Sequence[str], seed: int = 0, long_chars: int = 6000) -> list[tuple[str, str]]:
     """Pairs that make truncation bite on both sides: each text with the corpus shuffled, with an
-    empty document, and with a very long one."""
+    empty document, and with a very long one (the corpus joined, its first ``long_chars`` characters).
+
+    The default passes any max_seq_length (512 tokens) of a real vocabulary, and the reference stays
+    cheap. The HF tokenizer's cost of cutting a pair grows with the square of its length (it builds
+    every overflowing window of both sides), so a model with a tiny vocabulary (several tokens per
+    word) and a short max_seq_length wants fewer characters: the tests use about 1000.
+    """
     import random
 
     texts = list(texts)
     shuffled = texts[:]
     random.Random(seed).shuffle(shuffled)
-    # Long enough to pass any max_seq_length (512 tokens), short enough that the reference stays cheap.
-    long_doc = " ".join(texts)[:6000]
+    long_doc = " ".join(texts)[:long_chars]
     pairs = list(zip(texts, shuffled))
     pairs += [(t, "") for t in texts[:8]] + [("", t) for t in texts[8:12]]
     pairs += [(t, long_doc) for t in texts[12:20]] + [(long_doc, t) for t in texts[20:24]] + [(long_doc, long_doc)]

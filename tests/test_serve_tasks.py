@@ -11,6 +11,7 @@ from packager.clients import ServerError, embedder, reranker, triton_infer
 from packager.serve import TritonServer
 from packager.targets import build_from_export
 from test_java_client import run_java
+from test_rerank import LONG_CHARS
 
 pytestmark = pytest.mark.server
 
@@ -35,7 +36,7 @@ def server(tmp_path_factory, exports, tiny_bert):
 
 @pytest.fixture(scope="module")
 def pairs(corpus):
-    return v.rerank_pairs(corpus)
+    return v.rerank_pairs(corpus, long_chars=LONG_CHARS)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
