@@ -7,13 +7,49 @@ earlier one left and nothing is written to the user's cache; the runtime setting
 """
 from __future__ import annotations
 
+import gc
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 import packager  # noqa: F401  (applies the runtime settings before TensorFlow is imported)
 import tiny_models
+
+# How long the garbage collector held the suite's process, per generation (the terminal summary says):
+# a long session keeps many TF graphs alive, and each full collection walks all of them.
+_GC = {"started": None, "seconds": [0.0, 0.0, 0.0], "runs": [0, 0, 0]}
+
+
+def _gc_timer(phase, info):
+    if phase == "start":
+        _GC["started"] = time.perf_counter()
+    elif _GC["started"] is not None:
+        _GC["seconds"][info["generation"]] += time.perf_counter() - _GC["started"]
+        _GC["runs"][info["generation"]] += 1
+        _GC["started"] = None
+
+
+gc.callbacks.append(_gc_timer)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Between test files: one full collection, then everything still alive is frozen (``gc.freeze``), so
+    the collections inside the next file walk only what it creates, not every graph the session holds.
+    Whatever of the frozen set dies later in a cycle is collected at the next boundary (unfreeze first)."""
+    yield
+    if nextitem is None or nextitem.path != item.path:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+
+def pytest_terminal_summary(terminalreporter):
+    runs, secs = _GC["runs"], _GC["seconds"]
+    terminalreporter.write_line("garbage collector: " + ", ".join(
+        f"generation {g} {runs[g]} runs {secs[g]:.1f} s" for g in range(3)))
 
 
 @pytest.fixture(scope="session", autouse=True)
