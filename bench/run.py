@@ -57,6 +57,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from bench.contenders import WorkerError, close_all, start_all  # noqa: E402
 from bench.corpus import make_corpus, make_long_corpus  # noqa: E402
 from bench.peers import venvs  # noqa: E402
+from bench.report import report  # noqa: E402
 
 SCHEMA = 2
 BATCHES = (1, 8, 32, 128)
@@ -551,8 +552,9 @@ def main(argv=None) -> int:
                 results["models"][label] = {"errors": {"model": str(exc)[-3000:]}}
             results["machine"]["load_average_at_end"] = os.getloadavg()
             results["seconds"] = time.monotonic() - t0
-            write(results, args)  # after each model: a long run that is stopped keeps what it measured
-    print(f"done in {(time.monotonic() - t0) / 60:.1f} min; tables: .venv/bin/python bench/report.py", flush=True)
+            path = write(results, args)  # after each model: a long run that is stopped keeps what it measured
+    print(f"done in {(time.monotonic() - t0) / 60:.1f} min\n", flush=True)
+    print(report(path), flush=True)  # the README's tables (bench/report.py prints them again from the JSON)
     return 0
 
 
